@@ -1,0 +1,38 @@
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup tools lint test test-fast bench demo clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python >= 3.11)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP) tools
+
+tools:
+	@bash scripts/ensure-tools.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check cycles_events tests benchmarks
+	$(BIN)/ruff format --check cycles_events tests benchmarks
+	$(BIN)/mypy
+
+test: setup lint
+	$(BIN)/pytest -q -p no:cacheprovider tests
+
+test-fast: setup
+	$(BIN)/pytest -q -x tests/unit tests/integration
+
+bench: setup
+	$(BIN)/python -m benchmarks.dispatch
+
+demo: setup
+	$(BIN)/python -m cycles_events.demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
