@@ -1,0 +1,152 @@
+"""The one configuration object, read from the environment by `Settings.from_env`."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _names(*names: str) -> AliasChoices:
+    """A setting's env name, dotted name and the dotted name's upper-snake form."""
+    choices: list[str] = []
+    for name in names:
+        choices.append(name)
+        if "." in name or "-" in name:
+            choices.append(name.replace(".", "_").replace("-", "_").upper())
+    return AliasChoices(*dict.fromkeys(choices))
+
+
+class ConfigError(Exception):
+    """A setting is invalid; the message names it and never carries its value."""
+
+
+def decode_encryption_key(value: str) -> bytes:
+    """Decode a Base64 AES-256 key, refusing anything but exactly 32 bytes."""
+    try:
+        key = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("is not valid Base64") from exc
+    if len(key) != 32:
+        raise ValueError(f"must decode to exactly 32 bytes (got {len(key)})")
+    return key
+
+
+class Settings(BaseSettings):
+    """Every setting of the service with its contract default."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    redis_host: str = Field("localhost", validation_alias=_names("REDIS_HOST"))
+    redis_port: int = Field(6379, ge=1, le=65535, validation_alias=_names("REDIS_PORT"))
+    redis_password: SecretStr = Field(SecretStr(""), validation_alias=_names("REDIS_PASSWORD"))
+    redis_url: SecretStr = Field(SecretStr(""), validation_alias=_names("REDIS_URL"))
+    webhook_secret_encryption_key: SecretStr = Field(
+        SecretStr(""), validation_alias=_names("WEBHOOK_SECRET_ENCRYPTION_KEY")
+    )
+    pending_timeout_seconds: float = Field(
+        5.0, gt=0, le=300, validation_alias=_names("dispatch.pending.timeout-seconds")
+    )
+    retry_poll_interval_ms: int = Field(
+        5000, ge=10, validation_alias=_names("dispatch.retry.poll-interval-ms")
+    )
+    retry_batch_size: int = Field(
+        100,
+        ge=1,
+        le=10000,
+        validation_alias=_names("dispatch.retry.batch-size", "RETRY_BATCH_SIZE"),
+    )
+    http_timeout_seconds: float = Field(
+        30.0, gt=0, le=600, validation_alias=_names("dispatch.http.timeout-seconds")
+    )
+    http_connect_timeout_seconds: float = Field(
+        5.0, gt=0, le=600, validation_alias=_names("dispatch.http.connect-timeout-seconds")
+    )
+    max_delivery_age_ms: int = Field(
+        86_400_000, gt=0, validation_alias=_names("MAX_DELIVERY_AGE_MS")
+    )
+    event_ttl_days: int = Field(90, ge=1, validation_alias=_names("EVENT_TTL_DAYS"))
+    delivery_ttl_days: int = Field(14, ge=1, validation_alias=_names("DELIVERY_TTL_DAYS"))
+    retention_cleanup_interval_ms: int = Field(
+        3_600_000, ge=1000, validation_alias=_names("RETENTION_CLEANUP_INTERVAL_MS")
+    )
+    management_port: int = Field(9980, ge=1, le=65535, validation_alias=_names("MANAGEMENT_PORT"))
+    management_address: str = Field("0.0.0.0", validation_alias=_names("MANAGEMENT_ADDRESS"))
+    metrics_tenant_tag_enabled: bool = Field(
+        True,
+        validation_alias=_names(
+            "cycles.metrics.tenant-tag.enabled", "CYCLES_METRICS_TENANT_TAG_ENABLED"
+        ),
+    )
+    url_guard_allow_private_networks: bool = Field(
+        False, validation_alias=_names("WEBHOOK_URL_GUARD_ALLOW_PRIVATE_NETWORKS")
+    )
+    processing_recovery_idle_ms: int = Field(
+        180_000, ge=100, validation_alias=_names("DISPATCH_PROCESSING_RECOVERY_IDLE_MS")
+    )
+    failed_max_len: int = Field(10_000, ge=1, validation_alias=_names("DISPATCH_FAILED_MAX_LEN"))
+    concurrency: int = Field(64, ge=1, le=10_000, validation_alias=_names("DISPATCH_CONCURRENCY"))
+    max_in_flight_per_subscription: int = Field(
+        8, ge=1, le=10_000, validation_alias=_names("DISPATCH_MAX_IN_FLIGHT_PER_SUBSCRIPTION")
+    )
+    shutdown_grace_seconds: float = Field(
+        25.0, ge=0, le=3600, validation_alias=_names("SHUTDOWN_GRACE_SECONDS")
+    )
+    log_level: str = Field("INFO", validation_alias=_names("LOG_LEVEL"))
+
+    @field_validator("webhook_secret_encryption_key")
+    @classmethod
+    def _check_key(cls, value: SecretStr) -> SecretStr:
+        if value.get_secret_value().strip():
+            decode_encryption_key(value.get_secret_value())
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Settings:
+        """Read settings from the environment, raising ConfigError with one clear line."""
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            raise ConfigError(describe_validation_error(exc)) from None
+
+    @property
+    def encryption_key(self) -> bytes | None:
+        """The decoded AES key, or None when only plaintext secrets are in use."""
+        raw = self.webhook_secret_encryption_key.get_secret_value().strip()
+        return decode_encryption_key(raw) if raw else None
+
+    @property
+    def tls_redis(self) -> bool:
+        """Whether the Redis connection uses TLS."""
+        return self.redis_url.get_secret_value().startswith("rediss://")
+
+
+def _setting_name(field: str) -> str:
+    alias = Settings.model_fields[field].validation_alias
+    if isinstance(alias, AliasChoices):
+        first = alias.choices[0]
+        return first if isinstance(first, str) else field
+    return field.upper()
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """Turn a pydantic error into 'invalid setting NAME: reason' without echoing the value."""
+    parts = []
+    for err in exc.errors(include_input=False, include_url=False):
+        loc = err.get("loc") or ("?",)
+        field = str(loc[0])
+        name = _setting_name(field) if field in Settings.model_fields else field
+        message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"invalid setting {name}: {message}")
+    return "; ".join(parts)

@@ -1,0 +1,629 @@
+"""The worker pool: claims delivery ids, runs the lifecycle of contract section 3, records it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import secrets
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from cycles_events import USER_AGENT, lifecycle, logs
+from cycles_events.crypto import SecretError, decrypt_secret
+from cycles_events.lifecycle import SubscriptionChange
+from cycles_events.metrics import Metrics
+from cycles_events.models import (
+    ACTIVE_STATUSES,
+    Delivery,
+    JsonObject,
+    RecordError,
+    loads_object,
+    payload_problems,
+    text,
+)
+from cycles_events.retry import Kind, RetryPolicy, classify, parse_retry_after_ms, status_family
+from cycles_events.sender import Sender, SendResult
+from cycles_events.signing import build_headers
+from cycles_events.store import UNAVAILABLE, RedisState, Related, Store, quarantine_entry
+from cycles_events.subscriptions import SubscriptionUpdater
+from cycles_events.urlguard import SecurityConfigError, SecurityPolicy, UrlBlocked, redact_url
+
+T = TypeVar("T")
+
+CLAIM_BATCH = 32
+RETRY_TOLERANCE_MS = 250
+PARK_DELAY_MS = 1000
+ERROR_RETRY_DELAY_MS = 5000
+MAX_REDIS_BACKOFF_S = 5.0
+
+
+def now_ms() -> int:
+    """Wall-clock epoch milliseconds."""
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchOptions:
+    """Knobs of the worker pool, taken from Settings by `app`."""
+
+    concurrency: int = 64
+    per_subscription: int = 8
+    pending_timeout_s: float = 5.0
+    max_age_ms: int = 86_400_000
+    event_ttl_s: int = 90 * 86400
+    failed_max_len: int = 10_000
+    encryption_key: bytes | None = None
+    http_timeout_s: float = 30.0
+
+
+@dataclass(slots=True)
+class Job:
+    """A delivery ready to send."""
+
+    delivery: Delivery
+    token: str
+    body: bytes
+    event: JsonObject
+    subscription: JsonObject
+    secret: str | None
+    url: str
+    tenant: str | None
+
+
+class PolicySource:
+    """Holds the current URL policy, refreshed from config:webhook-security by maintenance."""
+
+    def __init__(self, *, allow_private_networks: bool) -> None:
+        self.allow_private_networks = allow_private_networks
+        self.policy = SecurityPolicy.build(None, allow_private_networks=allow_private_networks)
+        self.error: str | None = None
+        self.raw: bytes | None = None
+        self.loaded = False
+
+    def update(self, raw: bytes | None) -> None:
+        """Parse a newly read config; a bad one keeps the last good policy and sets `error`."""
+        if self.loaded and raw == self.raw and self.error is None:
+            return
+        try:
+            self.policy = SecurityPolicy.from_stored(
+                raw, allow_private_networks=self.allow_private_networks
+            )
+            self.error = None
+        except SecurityConfigError as exc:
+            self.error = str(exc)
+        self.raw = raw
+        self.loaded = True
+
+    def current(self) -> SecurityPolicy:
+        """The policy in force."""
+        return self.policy
+
+
+class Dispatcher:
+    """Claims deliveries and sends them, many at a time, a bounded few per subscription."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        sender: Sender,
+        metrics: Metrics,
+        policy: PolicySource,
+        options: DispatchOptions,
+        redis_state: RedisState | None = None,
+        clock: Callable[[], int] = now_ms,
+        on_retry_scheduled: Callable[[int], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.sender = sender
+        self.metrics = metrics
+        self.policy = policy
+        self.opt = options
+        self.redis_state = redis_state or RedisState()
+        self.clock = clock
+        self.on_retry_scheduled = on_retry_scheduled or (lambda _ms: None)
+        self.subscriptions = SubscriptionUpdater(store)
+        self.instance = secrets.token_hex(6)
+        self._seq = itertools.count()
+        self.held: dict[str, str] = {}  # delivery id -> claim token, for every claim we own
+        self.active = 0
+        self._per_sub: dict[str, int] = {}
+        self._waiting: dict[str, deque[str]] = {}
+        self._waiting_total = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writes: set[asyncio.Task[None]] = set()
+        self._capacity = asyncio.Event()
+        self.accepting = True
+        self.consuming = False
+
+    # --- claiming -------------------------------------------------------------------------
+
+    def _token(self) -> str:
+        return f"{self.instance}:{next(self._seq)}"
+
+    @property
+    def owner_prefix(self) -> str:
+        """The prefix of every claim token of this process."""
+        return f"{self.instance}:"
+
+    async def run(self) -> None:
+        """Claim and dispatch until `stop_claiming` is called (or the task is cancelled)."""
+        backoff = 0.1
+        while self.accepting:
+            free = self.opt.concurrency - self.active
+            if free <= 0:
+                self._capacity.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._capacity.wait(), timeout=1.0)
+                continue
+            token = self._token()
+            try:
+                ids, dups = await self.store.claim(min(free, CLAIM_BATCH), token, self.clock())
+                if not ids and not dups:
+                    one = await self.store.claim_blocking(self.opt.pending_timeout_s, token)
+                    ids = [one] if one else []
+                self.redis_state.ok()
+                self.consuming = True
+                backoff = 0.1
+            except UNAVAILABLE as exc:
+                self._redis_failed(exc)
+                self.consuming = False
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_REDIS_BACKOFF_S)
+                continue
+            if dups:
+                self.metrics.dropped.labels("duplicate_claim").inc(dups)
+            if not ids:
+                continue
+            if not self.accepting:
+                await self._release_quietly(ids, token)
+                return
+            for i in ids:
+                self.held[i] = token
+            self.active += len(ids)
+            self._spawn(self._handle(ids, token), "deliveries")
+
+    def stop_claiming(self) -> None:
+        """Stop taking new work (the first step of a drain)."""
+        self.accepting = False
+        self.consuming = False
+        self._capacity.set()
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        self.metrics.in_flight.set(self.active)
+
+    def _finished(self, n: int = 1) -> None:
+        self.active -= n
+        self.metrics.in_flight.set(self.active)
+        self._capacity.set()
+
+    def _redis_failed(self, exc: BaseException) -> None:
+        self.redis_state.failed(exc)
+        self.metrics.redis_errors.inc()
+
+    async def _redis(self, op: Callable[[], Awaitable[T]]) -> T:
+        """Run a Redis operation, waiting out an outage with capped backoff."""
+        backoff = 0.1
+        while True:
+            try:
+                result = await op()
+            except UNAVAILABLE as exc:
+                self._redis_failed(exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_REDIS_BACKOFF_S)
+                continue
+            self.redis_state.ok()
+            return result
+
+    # --- loading and deciding -------------------------------------------------------------
+
+    async def _handle(self, ids: list[str], token: str, resumed: bool = False) -> None:
+        """Load a claimed batch and take each delivery as far as a send or a final write."""
+        try:
+            raws = await self._redis(lambda: self.store.load_deliveries(ids))
+            parsed: list[Delivery] = []
+            for delivery_id, raw in zip(ids, raws, strict=True):
+                d = await self._screen(delivery_id, raw, token)
+                if d is not None:
+                    parsed.append(d)
+            if not parsed:
+                return
+            related = await self._redis(
+                lambda: self.store.load_related(
+                    [d.event_id for d in parsed], [d.subscription_id for d in parsed]
+                )
+            )
+            for d in parsed:
+                job = await self._prepare(d, token, related)
+                if job is not None:
+                    self._gate(job, resumed)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self._unexpected(ids, token, exc)
+        finally:
+            self._finished(len(ids))
+
+    async def _screen(self, delivery_id: str, raw: bytes | None, token: str) -> Delivery | None:
+        """Step 1: drop, quarantine, skip or defer; returns the delivery when it goes on."""
+        if raw is None:
+            self.metrics.dropped.labels("missing_record").inc()
+            logs.info("delivery_missing", delivery_id=delivery_id)
+            await self._final(delivery_id, token)
+            return None
+        try:
+            d = Delivery.parse(delivery_id, raw)
+        except RecordError as exc:
+            self.metrics.quarantined.inc()
+            logs.warning("delivery_quarantined", delivery_id=delivery_id, reason=str(exc))
+            entry = quarantine_entry(delivery_id, "corrupt_record", raw, self.clock())
+            await self._final(delivery_id, token, quarantine=entry)
+            return None
+        if d.status not in ACTIVE_STATUSES:
+            self.metrics.dropped.labels("not_pending").inc()
+            logs.debug("delivery_skipped", delivery_id=delivery_id, status=d.status)
+            await self._final(delivery_id, token)
+            return None
+        due = d.next_retry_at_ms
+        if d.status == "RETRYING" and due is not None and due > self.clock() + RETRY_TOLERANCE_MS:
+            logs.debug("delivery_not_due", delivery_id=delivery_id)
+            await self._final(delivery_id, token, retry_at_ms=due)
+            return None
+        return d
+
+    async def _prepare(self, d: Delivery, token: str, related: Related) -> Job | None:
+        """Steps 2-7: stale, event, subscription, URL policy, secret."""
+        now = self.clock()
+        ev_raw = related.events.get(d.event_id)
+        sub_raw = related.subscriptions.get(d.subscription_id)
+        event: JsonObject | None = None
+        sub: JsonObject | None = None
+        try:
+            event = loads_object(ev_raw) if ev_raw is not None else None
+        except RecordError:
+            event = None
+        try:
+            sub = loads_object(sub_raw) if sub_raw is not None else None
+        except RecordError:
+            sub = None
+        tenant = text(sub or {}, "tenant_id") or text(event or {}, "tenant_id")
+
+        if d.attempted_at_ms is not None and now - d.attempted_at_ms > self.opt.max_age_ms:
+            msg = lifecycle.stale_message(now - d.attempted_at_ms, self.opt.max_age_ms)
+            self.metrics.stale_delivery(tenant)
+            logs.info("delivery_stale", delivery_id=d.delivery_id)
+            await self._final(d.delivery_id, token, record=lifecycle.failed(d, now, msg))
+            return None
+        if ev_raw is None:
+            await self._fail_upstream(
+                d, token, tenant, "event_not_found", f"Event not found: {d.event_id}"
+            )
+            return None
+        if event is None:
+            await self._fail_upstream(
+                d, token, tenant, "invalid_record", f"Event record is not valid JSON: {d.event_id}"
+            )
+            return None
+        for rule in payload_problems(event):
+            self.metrics.invalid_payload(text(event, "event_type"), rule)
+        d = lifecycle.with_trace(d, event)
+        if sub_raw is None:
+            await self._fail_upstream(
+                d, token, tenant, "subscription_not_found", "Subscription not found"
+            )
+            return None
+        if sub is None:
+            await self._fail_upstream(
+                d, token, tenant, "invalid_record", "Subscription record is not valid JSON"
+            )
+            return None
+        self.subscriptions.remember(d.subscription_id, sub_raw.decode("utf-8", "replace"))
+        status = sub.get("status")
+        if status != "ACTIVE":
+            await self._fail_upstream(
+                d, token, tenant, "subscription_inactive", f"Subscription not active: {status}"
+            )
+            return None
+        url = sub.get("url")
+        if not isinstance(url, str) or not url.strip():
+            await self._fail_upstream(
+                d, token, tenant, "ssrf_blocked", "URL blocked: subscription has no URL"
+            )
+            return None
+        if self.policy.error is not None:
+            self.metrics.security_config_invalid.inc()
+            logs.warning(
+                "security_config_invalid", delivery_id=d.delivery_id, error=self.policy.error
+            )
+            await self._release(d.delivery_id, token, self.clock() + ERROR_RETRY_DELAY_MS)
+            return None
+        try:
+            self.policy.current().check_url(url)
+        except UrlBlocked as exc:
+            await self._fail_upstream(d, token, tenant, "ssrf_blocked", str(exc))
+            return None
+        secret: str | None = None
+        stored = related.secrets.get(d.subscription_id)
+        if stored is not None:
+            try:
+                secret = decrypt_secret(stored.decode("utf-8", "replace"), self.opt.encryption_key)
+            except SecretError as exc:
+                await self._fail_upstream(
+                    d, token, tenant, "secret_error", f"Signing secret unusable: {exc}"
+                )
+                return None
+        assert ev_raw is not None
+        return Job(d, token, ev_raw, event, sub, secret, url.strip(), tenant)
+
+    async def _fail_upstream(
+        self, d: Delivery, token: str, tenant: str | None, reason: str, message: str
+    ) -> None:
+        """End a delivery FAILED before any send; never counts against the subscription."""
+        self.metrics.failure(tenant, d.event_type, reason)
+        logs.info("delivery_failed", delivery_id=d.delivery_id, reason=reason, error=message)
+        await self._final(d.delivery_id, token, record=lifecycle.failed(d, self.clock(), message))
+        return None
+
+    # --- per-subscription gate --------------------------------------------------------------
+
+    def _gate(self, job: Job, resumed: bool) -> None:
+        sub = job.delivery.subscription_id
+        delivery_id = job.delivery.delivery_id
+        if self._per_sub.get(sub, 0) < self.opt.per_subscription:
+            self._per_sub[sub] = self._per_sub.get(sub, 0) + 1
+            self.active += 1  # the send holds its own slot; _handle releases the batch's
+            self._spawn(self._send(job), "send")
+            return
+        if self._waiting_total < self.opt.concurrency:
+            self._waiting.setdefault(sub, deque()).append(delivery_id)
+            self._waiting_total += 1
+            return
+        self._spawn(self._release(delivery_id, job.token, self.clock() + PARK_DELAY_MS), "park")
+
+    def _resume(self, sub: str) -> None:
+        queue = self._waiting.get(sub)
+        if not queue:
+            self._waiting.pop(sub, None)
+            return
+        delivery_id = queue.popleft()
+        self._waiting_total -= 1
+        if not queue:
+            self._waiting.pop(sub, None)
+        token = self.held.get(delivery_id)
+        if token is None or not self.accepting:
+            return
+        self.active += 1
+        self._spawn(self._handle([delivery_id], token, resumed=True), "resume")
+
+    # --- sending and recording --------------------------------------------------------------
+
+    async def _send(self, job: Job) -> None:
+        d = job.delivery
+        sub_id = d.subscription_id
+        try:
+            headers = build_headers(
+                event=job.event,
+                delivery=d.doc,
+                subscription=job.subscription,
+                body=job.body,
+                secret=job.secret,
+                user_agent=USER_AGENT,
+            )
+            result = await self.sender.post(job.url, job.body, headers)
+            write = asyncio.ensure_future(self._record(job, result))
+            write.set_name(f"record:{d.delivery_id}")
+            self._writes.add(write)
+            write.add_done_callback(self._writes.discard)
+            await asyncio.shield(write)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self._unexpected([d.delivery_id], job.token, exc)
+        finally:
+            self._per_sub[sub_id] -= 1
+            if self._per_sub[sub_id] <= 0:
+                self._per_sub.pop(sub_id, None)
+            self._finished()
+            self._resume(sub_id)
+
+    async def _record(self, job: Job, result: SendResult) -> None:
+        """Write the outcome of a send: delivery, subscription, meta-events, then the claim."""
+        d, tenant, event_type = (
+            job.delivery,
+            job.tenant,
+            job.delivery.event_type or text(job.event, "event_type"),
+        )
+        now = self.clock()
+        if result.blocked is not None:
+            self.metrics.failure(tenant, event_type, "ssrf_blocked")
+            logs.info(
+                "delivery_blocked",
+                delivery_id=d.delivery_id,
+                url=redact_url(job.url),
+                error=result.blocked,
+            )
+            await self._final(
+                d.delivery_id, job.token, record=lifecycle.failed(d, now, result.blocked)
+            )
+            return
+        attempts = d.attempts + 1
+        outcome = classify(result.status, result.error)
+        self.metrics.attempt(tenant, event_type)
+        self.metrics.observe(tenant, event_type, outcome.reason, result.elapsed_ms / 1000)
+        if outcome.kind is Kind.SUCCESS:
+            assert result.status is not None
+            self.metrics.succeeded(tenant, event_type, status_family(result.status))
+            record = lifecycle.succeeded(
+                d, now, attempts=attempts, status=result.status, elapsed_ms=result.elapsed_ms
+            )
+            await self._redis(
+                lambda: self.subscriptions.apply(
+                    d.subscription_id, SubscriptionChange(True, now, d.delivery_id)
+                )
+            )
+            await self._final(d.delivery_id, job.token, record=record)
+            logs.info(
+                "delivery_succeeded",
+                delivery_id=d.delivery_id,
+                status=result.status,
+                attempts=attempts,
+                ms=result.elapsed_ms,
+            )
+            return
+        message = outcome.message or "delivery failed"
+        policy = RetryPolicy.from_subscription(job.subscription)
+        if outcome.kind is Kind.RETRYABLE and attempts <= policy.max_retries:
+            retry_after = parse_retry_after_ms(result.retry_after, now)
+            retry_at = now + policy.delay_ms(attempts, retry_after)
+            self.metrics.retry(tenant, event_type)
+            record = lifecycle.retrying(
+                d,
+                attempts=attempts,
+                status=result.status,
+                elapsed_ms=result.elapsed_ms,
+                message=message,
+                next_retry_ms=retry_at,
+            )
+            await self._final(d.delivery_id, job.token, record=record, retry_at_ms=retry_at)
+            self.on_retry_scheduled(retry_at)
+            logs.info(
+                "delivery_retrying",
+                delivery_id=d.delivery_id,
+                reason=outcome.reason,
+                error=message,
+                attempts=attempts,
+                next_retry_ms=retry_at,
+            )
+            return
+        self.metrics.failure(tenant, event_type, outcome.reason)
+        record = lifecycle.failed(
+            d, now, message, attempts=attempts, status=result.status, elapsed_ms=result.elapsed_ms
+        )
+        applied = await self._redis(
+            lambda: self.subscriptions.apply(
+                d.subscription_id, SubscriptionChange(False, now, d.delivery_id)
+            )
+        )
+        sub_now = applied.subscription or job.subscription
+        await self._save_event(
+            lifecycle.delivery_failed_event(
+                sub_now,
+                d,
+                job.event,
+                attempts=attempts,
+                status=result.status,
+                error=message,
+                now_ms=now,
+            )
+        )
+        if applied.result.disabled:
+            self.metrics.disabled(tenant, lifecycle.DISABLE_REASON)
+            logs.warning(
+                "subscription_auto_disabled",
+                delivery_id=d.delivery_id,
+                subscription_id=d.subscription_id,
+            )
+            await self._save_event(
+                lifecycle.disabled_event(
+                    sub_now, d, job.event, applied.result.previous_status or "ACTIVE", now
+                )
+            )
+        await self._final(d.delivery_id, job.token, record=record)
+        logs.info(
+            "delivery_failed",
+            delivery_id=d.delivery_id,
+            reason=outcome.reason,
+            error=message,
+            attempts=attempts,
+        )
+
+    async def _save_event(self, event: JsonObject) -> None:
+        await self._redis(lambda: self.store.save_event(event, self.opt.event_ttl_s))
+
+    async def _final(
+        self,
+        delivery_id: str,
+        token: str,
+        *,
+        record: JsonObject | None = None,
+        retry_at_ms: int | None = None,
+        quarantine: JsonObject | None = None,
+    ) -> None:
+        owned = await self._redis(
+            lambda: self.store.finalize(
+                delivery_id,
+                token,
+                record=record,
+                retry_at_ms=retry_at_ms,
+                quarantine=quarantine,
+                failed_max_len=self.opt.failed_max_len,
+            )
+        )
+        self.held.pop(delivery_id, None)
+        if not owned:
+            logs.warning("claim_lost", delivery_id=delivery_id)
+
+    async def _release(self, delivery_id: str, token: str, retry_at_ms: int | None) -> None:
+        await self._redis(lambda: self.store.release([delivery_id], token, retry_at_ms=retry_at_ms))
+        self.held.pop(delivery_id, None)
+        if retry_at_ms is not None:
+            self.on_retry_scheduled(retry_at_ms)
+
+    async def _release_quietly(self, ids: list[str], token: str) -> None:
+        try:
+            await self.store.release(ids, token)
+        except UNAVAILABLE as exc:
+            self._redis_failed(exc)
+
+    async def _unexpected(self, ids: list[str], token: str, exc: Exception) -> None:
+        """Log and count an unexpected error, and retry the deliveries later; never re-raise."""
+        self.metrics.errors.inc()
+        for delivery_id in ids:
+            logs.error(
+                "delivery_error",
+                delivery_id=delivery_id,
+                error=type(exc).__name__,
+                detail=str(exc)[:200],
+            )
+        try:
+            await self.store.release(ids, token, retry_at_ms=self.clock() + ERROR_RETRY_DELAY_MS)
+            for delivery_id in ids:
+                self.held.pop(delivery_id, None)
+            self.on_retry_scheduled(self.clock() + ERROR_RETRY_DELAY_MS)
+        except Exception as again:  # Redis is gone too: the claims stay for recovery
+            logs.error("delivery_error_release_failed", error=type(again).__name__)
+
+    # --- heartbeat and drain ----------------------------------------------------------------
+
+    async def heartbeat(self) -> None:
+        """Refresh the claim times of everything we hold."""
+        ids = list(self.held)
+        if ids:
+            await self.store.heartbeat(ids, self.owner_prefix, self.clock())
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop claiming, give back waiting claims, let sends finish within the grace period."""
+        self.stop_claiming()
+        waiting = [(i, self.held[i]) for q in self._waiting.values() for i in q if i in self.held]
+        self._waiting.clear()
+        self._waiting_total = 0
+        for delivery_id, token in waiting:
+            self.held.pop(delivery_id, None)
+            await self._release_quietly([delivery_id], token)
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                logs.warning("drain_grace_expired", unfinished=len(pending))
+                await asyncio.wait(pending, timeout=2.0)
+        if self._writes:
+            await asyncio.wait(set(self._writes), timeout=5.0)

@@ -1,0 +1,223 @@
+"""Every Redis key name and Lua script of the service, in one place."""
+
+from __future__ import annotations
+
+PENDING = "dispatch:pending"
+RETRY = "dispatch:retry"
+PROCESSING = "dispatch:processing"
+CLAIMED_AT = "dispatch:processing:claimed_at"
+CLAIM_OWNER = "dispatch:processing:claim_owner"
+FAILED = "dispatch:failed"
+SECURITY_CONFIG = "config:webhook-security"
+EVENTS_ALL = "events:_all"
+RETENTION_LOCK = "cycles-events:retention:lock"
+EVENTS_PATTERN = "events:*"
+DELIVERIES_PATTERN = "deliveries:*"
+
+
+def delivery(delivery_id: str) -> str:
+    """The delivery record."""
+    return f"delivery:{delivery_id}"
+
+
+def deliveries(subscription_id: str) -> str:
+    """A subscription's delivery index (ZSET by creation ms)."""
+    return f"deliveries:{subscription_id}"
+
+
+def event(event_id: str) -> str:
+    """The event record."""
+    return f"event:{event_id}"
+
+
+def tenant_events(tenant_id: str) -> str:
+    """A tenant's event index (ZSET by event ms)."""
+    return f"events:{tenant_id}"
+
+
+def correlation(correlation_id: str) -> str:
+    """The SET of event ids sharing a correlation id."""
+    return f"events:correlation:{correlation_id}"
+
+
+def subscription(subscription_id: str) -> str:
+    """The subscription record."""
+    return f"webhook:{subscription_id}"
+
+
+def secret(subscription_id: str) -> str:
+    """The subscription's signing secret (plaintext or enc:...)."""
+    return f"webhook:secret:{subscription_id}"
+
+
+CLAIM = """
+-- CLAIM: take up to ARGV[1] ids from the right of dispatch:pending into dispatch:processing.
+-- KEYS[1] dispatch:pending, KEYS[2] dispatch:processing,
+-- KEYS[3] dispatch:processing:claimed_at, KEYS[4] dispatch:processing:claim_owner
+-- ARGV[1] max ids, ARGV[2] now ms, ARGV[3] claim token
+-- An id already claimed by someone is a concurrent duplicate: it is dropped, not sent twice.
+local out = {}
+local dups = 0
+for _ = 1, tonumber(ARGV[1]) do
+  local id = redis.call('RPOP', KEYS[1])
+  if not id then break end
+  if redis.call('HSETNX', KEYS[4], id, ARGV[3]) == 1 then
+    redis.call('LPUSH', KEYS[2], id)
+    redis.call('ZADD', KEYS[3], ARGV[2], id)
+    out[#out + 1] = id
+  else
+    dups = dups + 1
+  end
+end
+return {out, dups}
+"""
+
+ADOPT = """
+-- ADOPT: complete the claim of one id that BLMOVE already moved into dispatch:processing.
+-- KEYS[1] dispatch:processing, KEYS[2] dispatch:processing:claimed_at,
+-- KEYS[3] dispatch:processing:claim_owner
+-- ARGV[1] id, ARGV[2] now ms, ARGV[3] claim token
+if redis.call('HSETNX', KEYS[3], ARGV[1], ARGV[3]) == 1 then
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+  return 1
+end
+redis.call('LREM', KEYS[1], 1, ARGV[1])
+return 0
+"""
+
+FINALIZE = """
+-- FINALIZE: a delivery's last write, then release of its claim; nothing if the claim is not ours.
+-- KEYS[1] delivery:{id}, KEYS[2] dispatch:processing, KEYS[3] dispatch:processing:claimed_at,
+-- KEYS[4] dispatch:processing:claim_owner, KEYS[5] dispatch:retry, KEYS[6] dispatch:failed
+-- ARGV[1] id, ARGV[2] claim token, ARGV[3] delivery JSON or '', ARGV[4] retry score ms or '',
+-- ARGV[5] quarantine entry JSON or '', ARGV[6] quarantine max length
+if redis.call('HGET', KEYS[4], ARGV[1]) ~= ARGV[2] then return 0 end
+if ARGV[3] ~= '' then
+  -- XX: never recreate a record that expired meanwhile; KEEPTTL: keep the producer's TTL.
+  redis.call('SET', KEYS[1], ARGV[3], 'XX', 'KEEPTTL')
+end
+if ARGV[4] ~= '' then redis.call('ZADD', KEYS[5], ARGV[4], ARGV[1]) end
+if ARGV[5] ~= '' then
+  redis.call('LPUSH', KEYS[6], ARGV[5])
+  redis.call('LTRIM', KEYS[6], 0, tonumber(ARGV[6]) - 1)
+end
+redis.call('LREM', KEYS[2], 1, ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
+return 1
+"""
+
+RELEASE = """
+-- RELEASE: give back claims that were never started: to pending (ARGV[3] = '') or to the retry
+-- ZSET at score ARGV[3] (parking a delivery whose subscription is saturated).
+-- KEYS[1] dispatch:pending, KEYS[2] dispatch:processing, KEYS[3] dispatch:processing:claimed_at,
+-- KEYS[4] dispatch:processing:claim_owner, KEYS[5] dispatch:retry
+-- ARGV[1] claim token, ARGV[2] unused, ARGV[3] retry score or '', ARGV[4..] ids
+local n = 0
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  if redis.call('HGET', KEYS[4], id) == ARGV[1] then
+    redis.call('LREM', KEYS[2], 1, id)
+    redis.call('ZREM', KEYS[3], id)
+    redis.call('HDEL', KEYS[4], id)
+    if ARGV[3] == '' then
+      redis.call('RPUSH', KEYS[1], id)
+    else
+      redis.call('ZADD', KEYS[5], ARGV[3], id)
+    end
+    n = n + 1
+  end
+end
+return n
+"""
+
+HEARTBEAT = """
+-- HEARTBEAT: refresh the claim time of ids we still own, so live claims are never recovered.
+-- KEYS[1] dispatch:processing:claimed_at, KEYS[2] dispatch:processing:claim_owner
+-- ARGV[1] now ms, ARGV[2] claim token prefix, ARGV[3..] ids
+local n = 0
+local plen = #ARGV[2]
+for i = 3, #ARGV do
+  local owner = redis.call('HGET', KEYS[2], ARGV[i])
+  if owner and string.sub(owner, 1, plen) == ARGV[2] then
+    redis.call('ZADD', KEYS[1], 'XX', ARGV[1], ARGV[i])
+    n = n + 1
+  end
+end
+return n
+"""
+
+RECOVER = """
+-- RECOVER: return claims idle longer than ARGV[2] ms to dispatch:pending.
+-- KEYS[1] dispatch:pending, KEYS[2] dispatch:processing, KEYS[3] dispatch:processing:claimed_at,
+-- KEYS[4] dispatch:processing:claim_owner
+-- ARGV[1] now ms, ARGV[2] idle ms, ARGV[3] max ids
+-- An id in processing with no claim time (a BLMOVE whose process died before ADOPT) is dated
+-- now, so it is recovered once it has been idle for the whole period.
+local listed = redis.call('LRANGE', KEYS[2], 0, 9999)
+for _, id in ipairs(listed) do
+  if not redis.call('ZSCORE', KEYS[3], id) then
+    redis.call('ZADD', KEYS[3], 'NX', ARGV[1], id)
+  end
+end
+local cutoff = tonumber(ARGV[1]) - tonumber(ARGV[2])
+local ids = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', cutoff, 'LIMIT', 0, tonumber(ARGV[3]))
+for _, id in ipairs(ids) do
+  redis.call('LREM', KEYS[2], 1, id)
+  redis.call('ZREM', KEYS[3], id)
+  redis.call('HDEL', KEYS[4], id)
+  redis.call('LPUSH', KEYS[1], id)
+end
+return ids
+"""
+
+PROMOTE = """
+-- PROMOTE: move due retries (score <= now) from dispatch:retry to dispatch:pending.
+-- KEYS[1] dispatch:retry, KEYS[2] dispatch:pending
+-- ARGV[1] now ms, ARGV[2] max ids
+-- Returns {moved, score of the earliest remaining retry or -1}.
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, id in ipairs(ids) do
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('LPUSH', KEYS[2], id)
+end
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local nxt = -1
+if first[2] then nxt = first[2] end
+return {#ids, nxt}
+"""
+
+CAS = """
+-- CAS: replace a record only if it still holds what we read (partial merges without lost writes).
+-- KEYS[1] the record (webhook:{id})
+-- ARGV[1] expected JSON, ARGV[2] new JSON
+-- Returns {'ok'}, {'missing'} or {'conflict', current JSON}.
+local cur = redis.call('GET', KEYS[1])
+if not cur then return {'missing'} end
+if cur ~= ARGV[1] then return {'conflict', cur} end
+redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+return {'ok'}
+"""
+
+SAVE_EVENT = """
+-- SAVE_EVENT: save an event the way the admin server does.
+-- KEYS[1] event:{id}, KEYS[2] events:{tenant}, KEYS[3] events:_all,
+-- KEYS[4] events:correlation:{cid} (ignored when ARGV[5] is '0')
+-- ARGV[1] event JSON, ARGV[2] TTL seconds, ARGV[3] score ms, ARGV[4] event id, ARGV[5] '1'/'0'
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+if ARGV[5] == '1' then
+  redis.call('SADD', KEYS[4], ARGV[4])
+  redis.call('EXPIRE', KEYS[4], ARGV[2])
+end
+return 1
+"""
+
+TRIM_ZSET = """
+-- TRIM_ZSET: drop index entries older than a cutoff, only if the key is still a ZSET.
+-- KEYS[1] an events:* or deliveries:* key
+-- ARGV[1] cutoff ms
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'zset' then return -1 end
+return redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
+"""

@@ -1,0 +1,244 @@
+"""Record shapes of the contract: parsing, Java-style instants, JSON that keeps unknown fields."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+JsonObject = dict[str, Any]
+
+ACTIVE_STATUSES = frozenset({"PENDING", "RETRYING"})
+SYSTEM_TENANT = "__system__"
+
+EVENT_CATALOG: frozenset[str] = frozenset(
+    [
+        f"budget.{t}"
+        for t in [
+            "created",
+            "updated",
+            "funded",
+            "debited",
+            "reset",
+            "reset_spent",
+            "debt_repaid",
+            "frozen",
+            "unfrozen",
+            "closed",
+            "closed_via_tenant_cascade",
+            "threshold_crossed",
+            "exhausted",
+            "over_limit_entered",
+            "over_limit_exited",
+            "debt_incurred",
+            "burn_rate_anomaly",
+        ]
+    ]
+    + [
+        f"reservation.{t}"
+        for t in [
+            "denied",
+            "denial_rate_spike",
+            "expired",
+            "expiry_rate_spike",
+            "commit_overage",
+            "released_via_tenant_cascade",
+        ]
+    ]
+    + [
+        f"tenant.{t}"
+        for t in ["created", "updated", "suspended", "reactivated", "closed", "settings_changed"]
+    ]
+    + [
+        f"api_key.{t}"
+        for t in [
+            "created",
+            "revoked",
+            "revoked_via_tenant_cascade",
+            "expired",
+            "permissions_changed",
+            "auth_failed",
+            "auth_failure_rate_spike",
+        ]
+    ]
+    + [f"policy.{t}" for t in ["created", "updated", "deleted"]]
+    + [
+        f"webhook.{t}"
+        for t in [
+            "created",
+            "updated",
+            "paused",
+            "resumed",
+            "disabled",
+            "deleted",
+            "disabled_via_tenant_cascade",
+        ]
+    ]
+    + [
+        f"system.{t}"
+        for t in [
+            "store_connection_lost",
+            "store_connection_restored",
+            "high_latency",
+            "webhook_delivery_failed",
+            "webhook_test",
+        ]
+    ]
+)
+CATEGORIES = frozenset(t.split(".", 1)[0] for t in EVENT_CATALOG) | {"custom"}
+REQUIRED_EVENT_FIELDS = ("event_id", "event_type", "category", "timestamp", "tenant_id", "source")
+
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+_HEX2 = re.compile(r"[0-9a-f]{2}")
+_INSTANT = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,9}))?)?"
+    r"(Z|z|[+-]\d{2}:?\d{2})?"
+)
+
+
+class RecordError(ValueError):
+    """A record is not valid JSON of the expected shape."""
+
+
+def parse_instant_ms(value: Any) -> int | None:
+    """Parse an ISO-8601 instant (Java Instant.toString style and common variants) to epoch ms."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        return int(value)  # tolerate epoch ms written by other tools
+    if not isinstance(value, str):
+        return None
+    m = _INSTANT.fullmatch(value.strip())
+    if not m:
+        return None
+    year, month, day, hour, minute = (int(m.group(i)) for i in range(1, 6))
+    second = int(m.group(6) or 0)
+    fraction = (m.group(7) or "").ljust(9, "0")
+    zone = m.group(8) or "Z"
+    try:
+        dt = datetime(year, month, day, hour, minute, min(second, 59), tzinfo=UTC)
+    except ValueError:
+        return None
+    offset_s = 0
+    if zone not in ("Z", "z"):
+        digits = zone[1:].replace(":", "")
+        offset_s = (int(digits[:2]) * 3600 + int(digits[2:]) * 60) * (1 if zone[0] == "+" else -1)
+    return int(dt.timestamp() - offset_s) * 1000 + int(fraction[:3])
+
+
+def format_instant(ms: int) -> str:
+    """Write epoch ms the way Java's Instant.toString does (fraction only when non-zero)."""
+    seconds, millis = divmod(ms, 1000)
+    base = datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{base}.{millis:03d}Z" if millis else f"{base}Z"
+
+
+def dumps(obj: Any) -> str:
+    """Compact JSON as the Java services write it (UTF-8, no spaces, field order kept)."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def loads_object(raw: bytes | str) -> JsonObject:
+    """Parse a JSON object, raising RecordError for anything else."""
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise RecordError(f"not valid JSON ({type(exc).__name__})") from None
+    if not isinstance(value, dict):
+        raise RecordError("not a JSON object")
+    return value
+
+
+def text(obj: JsonObject, name: str) -> str | None:
+    """A non-blank string field, or None."""
+    value = obj.get(name)
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def integer(obj: JsonObject, name: str, default: int) -> int:
+    """An integer field (JSON ints, or whole floats), else the default."""
+    value = obj.get(name)
+    if isinstance(value, bool):
+        return default
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return default
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A parsed delivery record; `doc` keeps every field as stored."""
+
+    delivery_id: str
+    subscription_id: str
+    event_id: str
+    status: str
+    attempts: int
+    attempted_at_ms: int | None
+    next_retry_at_ms: int | None
+    doc: JsonObject
+
+    @classmethod
+    def parse(cls, delivery_id: str, raw: bytes | str) -> Delivery:
+        """Parse a delivery record, raising RecordError when it cannot be used."""
+        doc = loads_object(raw)
+        sub = text(doc, "subscription_id")
+        event = text(doc, "event_id")
+        if sub is None or event is None:
+            raise RecordError("missing subscription_id or event_id")
+        attempts = doc.get("attempts", 0)
+        if attempts is None:
+            attempts = 0
+        if isinstance(attempts, bool) or not isinstance(attempts, int | float):
+            raise RecordError("attempts is not a number")
+        status = doc.get("status")
+        return cls(
+            delivery_id=delivery_id,
+            subscription_id=sub,
+            event_id=event,
+            status=status.upper() if isinstance(status, str) else "",
+            attempts=max(0, int(attempts)),
+            attempted_at_ms=parse_instant_ms(doc.get("attempted_at")),
+            next_retry_at_ms=parse_instant_ms(doc.get("next_retry_at")),
+            doc=doc,
+        )
+
+    @property
+    def event_type(self) -> str:
+        """The delivery's event type, as recorded."""
+        return text(self.doc, "event_type") or ""
+
+
+def payload_problems(event: JsonObject) -> list[str]:
+    """The payload-shape rules an event breaks (it is delivered all the same)."""
+    problems: list[str] = []
+    if any(text(event, f) is None for f in REQUIRED_EVENT_FIELDS):
+        problems.append("missing_required")
+    event_type = text(event, "event_type") or ""
+    category = text(event, "category") or ""
+    known_type = event_type in EVENT_CATALOG
+    if event_type and not known_type and not event_type.startswith("custom."):
+        problems.append("unknown_event_type")
+    if category and category not in CATEGORIES:
+        problems.append("unknown_category")
+    checkable = known_type or event_type.startswith("custom.")
+    if category and checkable and event_type.split(".", 1)[0] != category:
+        problems.append("category_mismatch")
+    trace = event.get("trace_id")
+    if trace is not None and not is_trace_id(trace):
+        problems.append("trace_id_shape")
+    return problems
+
+
+def is_trace_id(value: Any) -> bool:
+    """A W3C trace id: 32 lower-case hex, not all zeros."""
+    return isinstance(value, str) and bool(_HEX32.fullmatch(value)) and value != "0" * 32
+
+
+def is_trace_flags(value: Any) -> bool:
+    """W3C trace flags: 2 lower-case hex."""
+    return isinstance(value, str) and bool(_HEX2.fullmatch(value))
