@@ -1,0 +1,581 @@
+"""The Helm chart helm/cycles-events, rendered by a real Helm engine.
+
+The engine is Helm v4's Go SDK embedded in PyPI's ``helm-python-sdk`` (a dev extra): it
+loads, lints, validates values against values.schema.json and renders templates offline,
+exactly as ``helm template`` does. Built-in Kubernetes kinds are checked against the
+Kubernetes OpenAPI schemas of PyPI's ``kubernetes-validate`` (strict: unknown fields
+fail); the CRD kinds (ServiceMonitor, PrometheusRule, ScaledObject, TriggerAuthentication)
+have no schema there and are checked structurally below.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "cycles-events"
+RULES = ROOT / "deploy" / "prometheus" / "cycles-events.rules.yml"
+RELEASE = "prod"
+NAMESPACE = "cycles"
+FULLNAME = "prod-cycles-events"
+KEY_B64 = base64.b64encode(bytes(range(32))).decode()
+K8S_VERSIONS = ["1.27.0", kubernetes_validate.latest_version()]
+CRD_GROUPS = {"monitoring.coreos.com", "keda.sh"}
+
+# Every setting of the daemon with its documented default, as the container sees it.
+PLAIN_SETTINGS = {
+    "REDIS_HOST": "redis",
+    "REDIS_PORT": "6379",
+    "DISPATCH_PENDING_TIMEOUT_SECONDS": "5",
+    "DISPATCH_RETRY_POLL_INTERVAL_MS": "5000",
+    "RETRY_BATCH_SIZE": "100",
+    "DISPATCH_HTTP_TIMEOUT_SECONDS": "30",
+    "DISPATCH_HTTP_CONNECT_TIMEOUT_SECONDS": "5",
+    "MAX_DELIVERY_AGE_MS": "86400000",
+    "EVENT_TTL_DAYS": "90",
+    "DELIVERY_TTL_DAYS": "14",
+    "RETENTION_CLEANUP_INTERVAL_MS": "3600000",
+    "MANAGEMENT_PORT": "9980",
+    "MANAGEMENT_ADDRESS": "0.0.0.0",
+    "CYCLES_METRICS_TENANT_TAG_ENABLED": "true",
+    "WEBHOOK_URL_GUARD_ALLOW_PRIVATE_NETWORKS": "false",
+    "DISPATCH_PROCESSING_RECOVERY_IDLE_MS": "180000",
+    "DISPATCH_FAILED_MAX_LEN": "10000",
+    "DISPATCH_CONCURRENCY": "64",
+    "DISPATCH_MAX_IN_FLIGHT_PER_SUBSCRIPTION": "8",
+    "SHUTDOWN_GRACE_SECONDS": "25",
+    "LOG_LEVEL": "INFO",
+}
+SECRET_SETTINGS = {
+    "WEBHOOK_SECRET_ENCRYPTION_KEY": "WEBHOOK_SECRET_ENCRYPTION_KEY",
+    "REDIS_PASSWORD": "REDIS_PASSWORD",
+    "REDIS_URL": "REDIS_URL",
+}
+
+ALL_ON: dict[str, Any] = {
+    "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+    "prometheusRule": {
+        "enabled": True,
+        "runbookBaseUrl": "https://git.example.com/ops/cycles-events/blob/main/docs/operations.md",
+    },
+    "keda": {"enabled": True, "usePassword": True, "listLength": 500, "maxReplicaCount": 12},
+    "existingSecret": {
+        "name": "cycles-events-credentials",
+        "encryptionKeyKey": "encryption-key",
+        "redisPasswordKey": "redis-password",
+        "redisUrlKey": "redis-url",
+    },
+    "networkPolicy": {
+        "metricsNamespaceLabel": {"key": "team", "value": "observability"},
+        "metricsPodSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+        "egress": [{"ports": [{"port": 6379, "protocol": "TCP"}]}, {"to": []}],
+    },
+    "podDisruptionBudget": {"minAvailable": None, "maxUnavailable": 1},
+    "imagePullSecrets": [{"name": "registry"}],
+    "image": {"digest": "sha256:" + "a" * 64},
+    "extraEnv": [{"name": "EXTRA", "value": "1"}],
+    "podAnnotations": {"example.com/team": "payments"},
+    "topologySpreadConstraints": [
+        {
+            "maxSkew": 1,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "cycles-events"}},
+        }
+    ],
+    "priorityClassName": "high",
+}
+
+
+@pytest.fixture(scope="module")
+def chart() -> Iterator[helm.Chart]:
+    with helm.Chart.load(CHART) as loaded:
+        yield loaded
+
+
+def render(chart: helm.Chart, values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    manifests = chart.render(values or {}, name=RELEASE, namespace=NAMESPACE)
+    docs: list[dict[str, Any]] = []
+    for path, text in sorted(manifests.items()):
+        if not path.endswith(".yaml"):
+            continue
+        docs.extend(d for d in yaml.safe_load_all(text) if d)
+    return docs
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (c,) = by_kind(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def env_of(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container(docs)["env"]}
+
+
+def test_helm_engine_is_real() -> None:
+    assert helm.helm_sdk_version().startswith("v4.")
+
+
+def test_chart_lints_clean(chart: helm.Chart) -> None:
+    for values in ({}, ALL_ON):
+        report = helm.lint(CHART, values, strict=True, namespace=NAMESPACE)
+        assert report["errors"] == []
+        assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+def test_default_render_kinds(chart: helm.Chart) -> None:
+    kinds = sorted(d["kind"] for d in render(chart))
+    assert kinds == sorted(
+        [
+            "ServiceAccount",
+            "Secret",
+            "Service",
+            "Deployment",
+            "NetworkPolicy",
+            "PodDisruptionBudget",
+        ]
+    )
+
+
+def test_all_options_render_kinds(chart: helm.Chart) -> None:
+    kinds = sorted(d["kind"] for d in render(chart, ALL_ON))
+    assert kinds == sorted(
+        [
+            "ServiceAccount",
+            "Service",
+            "Deployment",
+            "NetworkPolicy",
+            "PodDisruptionBudget",
+            "ServiceMonitor",
+            "PrometheusRule",
+            "ScaledObject",
+            "TriggerAuthentication",
+        ]
+    )  # no Secret: existingSecret is used
+
+
+@pytest.mark.parametrize("k8s_version", K8S_VERSIONS)
+@pytest.mark.parametrize("values", [{}, ALL_ON], ids=["defaults", "all-options"])
+def test_manifests_pass_kubernetes_schema(
+    chart: helm.Chart, values: dict[str, Any], k8s_version: str
+) -> None:
+    validated = 0
+    for doc in render(chart, values):
+        group = doc["apiVersion"].split("/")[0] if "/" in doc["apiVersion"] else ""
+        if group in CRD_GROUPS:
+            continue  # no schema in kubernetes-validate; see the structural tests below
+        kubernetes_validate.validate(doc, k8s_version, strict=True)
+        validated += 1
+    assert validated == (6 if not values else 5)  # all-options uses existingSecret
+
+
+def test_schema_validation_is_live() -> None:
+    """kubernetes-validate rejects a manifest with a wrong type or an unknown field."""
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"}, "spec": {"a": 1}},
+            K8S_VERSIONS[0],
+            strict=True,
+        )
+
+
+def test_all_objects_are_named_labelled_and_namespaced(chart: helm.Chart) -> None:
+    for doc in render(chart, ALL_ON):
+        meta = doc["metadata"]
+        assert meta["name"].startswith(FULLNAME), meta
+        assert meta["namespace"] == NAMESPACE
+        assert meta["labels"]["app.kubernetes.io/name"] == "cycles-events"
+        assert meta["labels"]["app.kubernetes.io/instance"] == RELEASE
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+
+
+def test_deployment_defaults(chart: helm.Chart) -> None:
+    docs = render(chart)
+    deployment = by_kind(docs, "Deployment")
+    spec = deployment["spec"]
+    pod = spec["template"]["spec"]
+    c = container(docs)
+    assert spec["replicas"] == 2
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert pod["terminationGracePeriodSeconds"] == 40
+    assert c["image"] == "cycles-events:0.2.0"
+    assert c["args"] == ["run"]
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {
+        "traffic": 7980,
+        "management": 9980,
+    }
+    assert c["startupProbe"] == {
+        "httpGet": {"path": "/actuator/health/readiness", "port": "management"},
+        "periodSeconds": 5,
+        "failureThreshold": 24,
+        "timeoutSeconds": 3,
+    }
+    assert c["livenessProbe"]["httpGet"] == {
+        "path": "/actuator/health/liveness",
+        "port": "management",
+    }
+    assert (c["livenessProbe"]["periodSeconds"], c["livenessProbe"]["failureThreshold"]) == (10, 3)
+    assert c["readinessProbe"]["httpGet"] == {
+        "path": "/actuator/health/readiness",
+        "port": "management",
+    }
+    assert (c["readinessProbe"]["periodSeconds"], c["readinessProbe"]["failureThreshold"]) == (5, 2)
+    assert c["resources"]["requests"] and c["resources"]["limits"]
+
+
+def test_deployment_security(chart: helm.Chart) -> None:
+    for values in ({}, ALL_ON):
+        docs = render(chart, values)
+        pod = by_kind(docs, "Deployment")["spec"]["template"]["spec"]
+        c = container(docs)
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] == 10001
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert pod["automountServiceAccountToken"] is False
+        sc = c["securityContext"]
+        assert sc["runAsNonRoot"] is True
+        assert sc["readOnlyRootFilesystem"] is True
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+        # read-only root: /tmp is the only writable mount
+        assert [m["mountPath"] for m in c["volumeMounts"]] == ["/tmp"]
+
+
+def test_every_setting_is_rendered_into_env(chart: helm.Chart) -> None:
+    env = env_of(render(chart))
+    for name, value in PLAIN_SETTINGS.items():
+        assert env[name] == {"name": name, "value": value}, name
+    for name, key in SECRET_SETTINGS.items():
+        ref = env[name]["valueFrom"]["secretKeyRef"]
+        assert ref["name"] == FULLNAME and ref["key"] == key
+    assert set(env) == set(PLAIN_SETTINGS) | set(SECRET_SETTINGS)
+
+
+@pytest.mark.parametrize(
+    ("values", "name", "expected"),
+    [
+        ({"config": {"dispatchPendingTimeoutSeconds": 2}}, "DISPATCH_PENDING_TIMEOUT_SECONDS", "2"),
+        (
+            {"config": {"dispatchRetryPollIntervalMs": 250}},
+            "DISPATCH_RETRY_POLL_INTERVAL_MS",
+            "250",
+        ),
+        ({"config": {"retryBatchSize": 500}}, "RETRY_BATCH_SIZE", "500"),
+        ({"config": {"dispatchHttpTimeoutSeconds": 10}}, "DISPATCH_HTTP_TIMEOUT_SECONDS", "10"),
+        (
+            {"config": {"dispatchHttpConnectTimeoutSeconds": 2}},
+            "DISPATCH_HTTP_CONNECT_TIMEOUT_SECONDS",
+            "2",
+        ),
+        ({"config": {"maxDeliveryAgeMs": 172800000}}, "MAX_DELIVERY_AGE_MS", "172800000"),
+        ({"config": {"eventTtlDays": 30}}, "EVENT_TTL_DAYS", "30"),
+        ({"config": {"deliveryTtlDays": 7}}, "DELIVERY_TTL_DAYS", "7"),
+        (
+            {"config": {"retentionCleanupIntervalMs": 600000}},
+            "RETENTION_CLEANUP_INTERVAL_MS",
+            "600000",
+        ),
+        (
+            {"config": {"metricsTenantTagEnabled": False}},
+            "CYCLES_METRICS_TENANT_TAG_ENABLED",
+            "false",
+        ),
+        (
+            {"config": {"webhookUrlGuardAllowPrivateNetworks": True}},
+            "WEBHOOK_URL_GUARD_ALLOW_PRIVATE_NETWORKS",
+            "true",
+        ),
+        (
+            {"config": {"dispatchProcessingRecoveryIdleMs": 60000}},
+            "DISPATCH_PROCESSING_RECOVERY_IDLE_MS",
+            "60000",
+        ),
+        ({"config": {"dispatchFailedMaxLen": 50000}}, "DISPATCH_FAILED_MAX_LEN", "50000"),
+        ({"config": {"dispatchConcurrency": 256}}, "DISPATCH_CONCURRENCY", "256"),
+        (
+            {"config": {"dispatchMaxInFlightPerSubscription": 2}},
+            "DISPATCH_MAX_IN_FLIGHT_PER_SUBSCRIPTION",
+            "2",
+        ),
+        ({"config": {"shutdownGraceSeconds": 10}}, "SHUTDOWN_GRACE_SECONDS", "10"),
+        ({"config": {"logLevel": "DEBUG"}}, "LOG_LEVEL", "DEBUG"),
+        ({"redis": {"host": "redis-master.data"}}, "REDIS_HOST", "redis-master.data"),
+        ({"redis": {"port": 6380}}, "REDIS_PORT", "6380"),
+        ({"management": {"port": 9090}}, "MANAGEMENT_PORT", "9090"),
+        ({"management": {"address": "127.0.0.1"}}, "MANAGEMENT_ADDRESS", "127.0.0.1"),
+    ],
+)
+def test_setting_values_reach_the_container(
+    chart: helm.Chart, values: dict[str, Any], name: str, expected: str
+) -> None:
+    env = env_of(render(chart, values))
+    assert env[name]["value"] == expected
+    assert PLAIN_SETTINGS[name] != expected  # the override is not the default
+
+
+def test_management_port_moves_ports_and_probes_together(chart: helm.Chart) -> None:
+    docs = render(chart, {"management": {"port": 9090}})
+    c = container(docs)
+    assert {p["name"]: p["containerPort"] for p in c["ports"]}["management"] == 9090
+    service = by_kind(docs, "Service")
+    assert service["spec"]["ports"][0]["port"] == 9090
+    policy = by_kind(docs, "NetworkPolicy")
+    assert policy["spec"]["ingress"][0]["ports"] == [{"port": 9090, "protocol": "TCP"}]
+
+
+def test_secret_holds_the_secret_values(chart: helm.Chart) -> None:
+    values = {
+        "webhookSecretEncryptionKey": KEY_B64,
+        "redis": {"password": "s3cret", "url": "rediss://u:p@redis:6380/1"},
+    }
+    docs = render(chart, values)
+    secret = by_kind(docs, "Secret")
+    decoded = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert decoded == {
+        "WEBHOOK_SECRET_ENCRYPTION_KEY": KEY_B64,
+        "REDIS_PASSWORD": "s3cret",
+        "REDIS_URL": "rediss://u:p@redis:6380/1",
+    }
+    deployment_text = yaml.safe_dump(by_kind(docs, "Deployment"))
+    for plain in ("s3cret", KEY_B64, "rediss://"):
+        assert plain not in deployment_text
+    # pods roll when the secret changes
+    before = by_kind(render(chart), "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    after = by_kind(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert before["checksum/secret"] != after["checksum/secret"]
+
+
+def test_existing_secret(chart: helm.Chart) -> None:
+    docs = render(chart, ALL_ON)
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    env = env_of(docs)
+    refs = {n: env[n]["valueFrom"]["secretKeyRef"] for n in SECRET_SETTINGS}
+    assert {r["name"] for r in refs.values()} == {"cycles-events-credentials"}
+    assert refs["WEBHOOK_SECRET_ENCRYPTION_KEY"]["key"] == "encryption-key"
+    assert refs["REDIS_PASSWORD"]["key"] == "redis-password"
+    assert refs["REDIS_URL"]["key"] == "redis-url"
+    assert env["EXTRA"] == {"name": "EXTRA", "value": "1"}
+    assert container(docs)["image"] == "cycles-events@sha256:" + "a" * 64
+
+
+@pytest.mark.parametrize(
+    ("values", "ok"),
+    [
+        ({"terminationGracePeriodSeconds": 30}, False),  # 25 + 5 is not enough
+        ({"terminationGracePeriodSeconds": 31}, True),
+        ({"config": {"shutdownGraceSeconds": 40}}, False),
+        ({"config": {"shutdownGraceSeconds": 40}, "terminationGracePeriodSeconds": 60}, True),
+        ({"config": {"dispatchPendingTimeoutSeconds": 15}}, False),
+    ],
+)
+def test_termination_grace_must_exceed_drain_time(
+    chart: helm.Chart, values: dict[str, Any], ok: bool
+) -> None:
+    if ok:
+        assert by_kind(render(chart, values), "Deployment")
+    else:
+        with pytest.raises(helm.HelmRenderError, match="terminationGracePeriodSeconds"):
+            render(chart, values)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"replicaCount": "two"},
+        {"replicaCount": 0},
+        {"replicas": 3},  # unknown key (typo of replicaCount)
+        {"image": {"pullPolicy": "Sometimes"}},
+        {"image": {"digest": "latest"}},
+        {"config": {"logLevel": "LOUD"}},
+        {"config": {"dispatchConcurrency": 0}},
+        {"config": {"dispatchConcurrency": 1.5}},
+        {"config": {"dispatchPendingTimeoutSeconds": "5"}},
+        {"config": {"metricsTenantTagEnabled": "yes"}},
+        {"config": {"unknownSetting": 1}},
+        {"management": {"port": 70000}},
+        {"redis": {"port": 0}},
+        {"redis": {"url": "http://redis:6379"}},
+        {"webhookSecretEncryptionKey": "not-base64-of-32-bytes"},
+        {"webhookSecretEncryptionKey": base64.b64encode(bytes(16)).decode()},
+        {"podSecurityContext": {"runAsUser": 0}},
+        {"service": {"type": "LoadBalancer"}},
+        {"serviceMonitor": {"interval": "30 seconds"}},
+        {"keda": {"listLength": 0}},
+        {"keda": {"enabled": "true"}},
+        {"networkPolicy": {"enabled": 1}},
+        {"terminationGracePeriodSeconds": -1},
+        {"existingSecret": {"name": "Not_A_Name"}},
+        {"networkPolicy": {"metricsNamespaceLabel": {"key": ""}}},
+        {"networkPolicy": {"metricsNamespaceLabel": {"key": "team", "value": "a b"}}},
+    ],
+)
+def test_values_schema_rejects_wrong_values(chart: helm.Chart, values: dict[str, Any]) -> None:
+    with pytest.raises(helm.HelmValuesError):
+        render(chart, values)
+
+
+def test_values_schema_accepts_the_defaults_and_all_options(chart: helm.Chart) -> None:
+    chart.validate_schema(chart.merge_values({}))
+    chart.validate_schema(chart.merge_values(ALL_ON))
+    chart.validate_schema(chart.merge_values({"webhookSecretEncryptionKey": KEY_B64}))
+
+
+def selector_matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def test_selectors_match_the_pods(chart: helm.Chart) -> None:
+    docs = render(chart, ALL_ON)
+    pod_labels = by_kind(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert selector_matches(
+        by_kind(docs, "Deployment")["spec"]["selector"]["matchLabels"], pod_labels
+    )
+    assert selector_matches(by_kind(docs, "Service")["spec"]["selector"], pod_labels)
+    assert selector_matches(
+        by_kind(docs, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"], pod_labels
+    )
+    assert selector_matches(
+        by_kind(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"], pod_labels
+    )
+
+
+def test_service_exposes_only_the_management_port(chart: helm.Chart) -> None:
+    service = by_kind(render(chart), "Service")
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"] == [
+        {"name": "management", "port": 9980, "targetPort": "management", "protocol": "TCP"}
+    ]
+
+
+def test_network_policy_defaults(chart: helm.Chart) -> None:
+    policy = by_kind(render(chart), "NetworkPolicy")["spec"]
+    assert policy["policyTypes"] == ["Ingress"]  # egress stays open
+    assert "egress" not in policy
+    assert policy["ingress"] == [
+        {
+            "from": [
+                {
+                    "namespaceSelector": {
+                        "matchLabels": {"kubernetes.io/metadata.name": "monitoring"}
+                    }
+                }
+            ],
+            "ports": [{"port": 9980, "protocol": "TCP"}],
+        }
+    ]
+    assert "7980" not in yaml.safe_dump(policy) and "traffic" not in yaml.safe_dump(policy)
+
+
+def test_network_policy_options(chart: helm.Chart) -> None:
+    policy = by_kind(render(chart, ALL_ON), "NetworkPolicy")["spec"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    assert policy["egress"] == ALL_ON["networkPolicy"]["egress"]
+    (peer,) = policy["ingress"][0]["from"]
+    assert peer == {
+        "namespaceSelector": {"matchLabels": {"team": "observability"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+    }
+    assert "NetworkPolicy" not in [
+        d["kind"] for d in render(chart, {"networkPolicy": {"enabled": False}})
+    ]
+
+
+def test_pod_disruption_budget(chart: helm.Chart) -> None:
+    assert by_kind(render(chart), "PodDisruptionBudget")["spec"]["minAvailable"] == 1
+    spec = by_kind(render(chart, ALL_ON), "PodDisruptionBudget")["spec"]
+    assert spec["maxUnavailable"] == 1 and "minAvailable" not in spec
+    with pytest.raises(helm.HelmRenderError, match="not both"):
+        render(chart, {"podDisruptionBudget": {"maxUnavailable": 1}})
+
+
+def test_service_monitor_structure(chart: helm.Chart) -> None:
+    docs = render(chart, ALL_ON)
+    monitor = by_kind(docs, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    spec = monitor["spec"]
+    assert set(spec) == {"namespaceSelector", "selector", "endpoints"}
+    assert spec["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    service = by_kind(docs, "Service")
+    assert selector_matches(spec["selector"]["matchLabels"], service["metadata"]["labels"])
+    assert spec["endpoints"] == [
+        {
+            "port": "management",
+            "path": "/actuator/prometheus",
+            "interval": "30s",
+            "scrapeTimeout": "10s",
+        }
+    ]
+    assert spec["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
+    # the job label Prometheus gives these targets is the Service name
+    assert "cycles-events" in service["metadata"]["name"]
+
+
+def test_prometheus_rule_carries_the_deploy_rules(chart: helm.Chart) -> None:
+    expected = yaml.safe_load(RULES.read_text())["groups"]
+    plain = dict(ALL_ON, prometheusRule={"enabled": True})
+    rule = by_kind(render(chart, plain), "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["spec"]["groups"] == expected
+
+    linked = by_kind(render(chart, ALL_ON), "PrometheusRule")["spec"]["groups"]
+    base = ALL_ON["prometheusRule"]["runbookBaseUrl"]
+    rules = [r for g in linked for r in g["rules"]]
+    assert len(rules) == sum(len(g["rules"]) for g in expected)
+    for r, original in zip(rules, [r for g in expected for r in g["rules"]], strict=True):
+        anchor = original["annotations"]["runbook_url"].split("#", 1)[1]
+        assert r["annotations"]["runbook_url"] == f"{base}#{anchor}"
+        assert r["expr"] == original["expr"]
+
+
+def test_keda_scaled_object_structure(chart: helm.Chart) -> None:
+    docs = render(chart, ALL_ON)
+    assert "replicas" not in by_kind(docs, "Deployment")["spec"]  # KEDA owns it
+    scaled = by_kind(docs, "ScaledObject")
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    spec = scaled["spec"]
+    assert spec["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": FULLNAME,
+    }
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (2, 12)
+    assert isinstance(spec["pollingInterval"], int) and isinstance(spec["cooldownPeriod"], int)
+    (trigger,) = spec["triggers"]
+    assert trigger["type"] == "redis"
+    metadata = trigger["metadata"]
+    # KEDA trigger metadata is map[string]string
+    assert all(isinstance(v, str) for v in metadata.values()), metadata
+    assert metadata["listName"] == "dispatch:pending"
+    assert metadata["listLength"] == "500"
+    assert metadata["address"] == "redis:6379"
+    auth = by_kind(docs, "TriggerAuthentication")
+    assert trigger["authenticationRef"] == {"name": auth["metadata"]["name"]}
+    assert auth["spec"]["secretTargetRef"] == [
+        {"parameter": "password", "name": "cycles-events-credentials", "key": "redis-password"}
+    ]
+
+
+def test_keda_options(chart: helm.Chart) -> None:
+    docs = render(chart, {"keda": {"enabled": True, "address": "redis-master:6380"}})
+    trigger = by_kind(docs, "ScaledObject")["spec"]["triggers"][0]
+    assert trigger["metadata"]["address"] == "redis-master:6380"
+    assert "authenticationRef" not in trigger
+    assert not [d for d in docs if d["kind"] == "TriggerAuthentication"]
+    with pytest.raises(helm.HelmRenderError, match="minReplicaCount"):
+        render(chart, {"keda": {"enabled": True, "minReplicaCount": 5, "maxReplicaCount": 3}})
