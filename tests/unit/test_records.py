@@ -1,0 +1,139 @@
+"""Pure record logic: parsing, payload checks, transitions, subscription merge, meta-events."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cycles_events import lifecycle
+from cycles_events.lifecycle import SubscriptionChange, merge_subscription
+from cycles_events.models import Delivery, RecordError, dumps, payload_problems
+from cycles_events.signing import build_headers, custom_headers
+
+DELIVERY = {
+    "delivery_id": "del_8c4e2f9a0b1d3e57",
+    "subscription_id": "whsub_0a1b2c3d4e5f6071",
+    "event_id": "evt_3f9a1c0d5e7b2a64",
+    "event_type": "budget.exhausted",
+    "status": "PENDING",
+    "attempted_at": "2026-11-22T08:15:30.140Z",
+    "attempts": 0,
+    "future_field": {"kept": [1, 2.5]},
+}
+
+
+def parsed(**fields: object) -> Delivery:
+    return Delivery.parse("del_8c4e2f9a0b1d3e57", dumps({**DELIVERY, **fields}))
+
+
+def test_delivery_parse_keeps_unknown_fields() -> None:
+    d = parsed()
+    assert d.attempted_at_ms == 1795335330140
+    assert lifecycle.succeeded(d, 1795335331000, attempts=1, status=200, elapsed_ms=5)[
+        "future_field"
+    ] == {"kept": [1, 2.5]}
+
+
+@pytest.mark.parametrize(
+    "raw", [b"", b"not json", b"[]", b'"x"', b'{"subscription_id": "s"}', b'{"event_id": 1}',
+            json.dumps({**DELIVERY, "attempts": "two"}).encode()],
+)
+def test_unusable_delivery_records(raw: bytes) -> None:
+    with pytest.raises(RecordError):
+        Delivery.parse("del_x", raw)
+
+
+def test_transitions() -> None:
+    d = parsed(trace_id="a" * 32)
+    ok = lifecycle.succeeded(d, 1795335331000, attempts=1, status=204, elapsed_ms=12)
+    assert ok["status"] == "SUCCESS" and ok["completed_at"] == "2026-11-22T08:15:31Z"
+    assert ok["attempted_at"] == DELIVERY["attempted_at"] and "error_message" not in ok
+    retry = lifecycle.retrying(d, attempts=2, status=503, elapsed_ms=9, message="HTTP 503",
+                               next_retry_ms=1795335333412)
+    assert retry["next_retry_at"] == "2026-11-22T08:15:33.412Z" and retry["status"] == "RETRYING"
+    failed = lifecycle.failed(parsed(**retry), 1795335340000, "HTTP 503", attempts=6, status=503,
+                              elapsed_ms=3)
+    assert failed["status"] == "FAILED" and "next_retry_at" not in failed
+    assert failed["response_status"] == 503 and failed["attempts"] == 6
+    assert lifecycle.stale_message(25 * 3_600_000, 86_400_000) == "Delivery expired: 25h old (max 24h)"
+
+
+def test_trace_copied_only_when_missing() -> None:
+    assert lifecycle.with_trace(parsed(), {"trace_id": "b" * 32}).doc["trace_id"] == "b" * 32
+    assert lifecycle.with_trace(parsed(trace_id="c" * 32), {"trace_id": "b" * 32}).doc[
+        "trace_id"
+    ] == "c" * 32
+
+
+def test_subscription_merge_counts_and_disables() -> None:
+    sub = {"status": "ACTIVE", "consecutive_failures": 1, "disable_after_failures": 3, "x": [1]}
+    r1 = merge_subscription(sub, SubscriptionChange(False, 1795335330000, "d1"))
+    assert not r1.disabled and sub["consecutive_failures"] == 2
+    r2 = merge_subscription(sub, SubscriptionChange(False, 1795335331000, "d2"))
+    assert r2.disabled and r2.previous_status == "ACTIVE" and sub["status"] == "DISABLED"
+    assert sub["last_failure_at"] == sub["last_triggered_at"] == "2026-11-22T08:15:31Z"
+    r3 = merge_subscription(sub, SubscriptionChange(False, 1795335332000, "d3"))
+    assert not r3.disabled  # already DISABLED: no second event
+    merge_subscription(sub, SubscriptionChange(True, 1795335333000, "d4"))
+    assert sub["consecutive_failures"] == 0 and sub["status"] == "DISABLED" and sub["x"] == [1]
+
+
+def test_paused_subscription_can_be_disabled() -> None:
+    sub = {"status": "PAUSED", "consecutive_failures": 9}
+    assert merge_subscription(sub, SubscriptionChange(False, 0, "d")).previous_status == "PAUSED"
+
+
+def test_meta_events_shape() -> None:
+    d = parsed(trace_id="a" * 32)
+    sub = {"tenant_id": "acme", "subscription_id": d.subscription_id}
+    disabled = lifecycle.disabled_event(sub, d, {"request_id": "req_1"}, "ACTIVE", 1795335330000)
+    assert disabled["event_type"] == "webhook.disabled" and disabled["category"] == "webhook"
+    assert disabled["tenant_id"] == "acme" and disabled["actor"] == {"type": "system"}
+    assert disabled["data"]["changed_fields"] == []
+    assert disabled["data"]["disable_reason"] == "consecutive_failures_exceeded_threshold"
+    assert disabled["correlation_id"] == f"webhook_auto_disable:{d.subscription_id}:{d.delivery_id}"
+    assert disabled["trace_id"] == "a" * 32 and disabled["request_id"] == "req_1"
+    again = lifecycle.disabled_event(sub, d, None, "ACTIVE", 1795335339999)
+    assert again["event_id"] == disabled["event_id"]  # deterministic: a retried save is idempotent
+    failed = lifecycle.delivery_failed_event(sub, d, None, attempts=6, status=503,
+                                             error="HTTP 503", now_ms=1795335330000)
+    assert failed["tenant_id"] == "__system__" and failed["source"] == "cycles-events"
+    details = failed["data"]["details"]
+    assert details["attempts"] == 6 and details["last_response_status"] == 503
+    assert failed["data"]["component"] == "webhook_dispatcher"
+    assert failed["data"]["severity"] == "warning"
+
+
+def test_payload_problems() -> None:
+    good = {"event_id": "e", "event_type": "budget.exhausted", "category": "budget",
+            "timestamp": "t", "tenant_id": "a", "source": "s", "trace_id": "a" * 32}
+    assert payload_problems(good) == []
+    assert payload_problems({**good, "category": "tenant"}) == ["category_mismatch"]
+    assert payload_problems({**good, "event_type": "made.up"}) == ["unknown_event_type"]
+    assert payload_problems({**good, "event_type": "custom.thing", "category": "custom"}) == []
+    assert payload_problems({**good, "category": "weird"}) == ["unknown_category", "category_mismatch"]
+    assert payload_problems({**good, "trace_id": "XYZ"}) == ["trace_id_shape"]
+    assert "missing_required" in payload_problems({"event_type": "budget.exhausted"})
+
+
+def test_custom_headers_never_replace_ours() -> None:
+    headers = custom_headers(
+        {"X-Team": "ops", "content-type": "x", "X-CYCLES-SIGNATURE": "x", "Host": "evil",
+         "Bad Name": "v", "X-Inject": "a\r\nb", "X-Num": 5}
+    )
+    assert headers == {"X-Team": "ops", "X-Num": "5"}
+
+
+def test_headers_use_event_trace_and_delivery_flags() -> None:
+    event = {"event_id": "evt_1", "event_type": "budget.exhausted", "trace_id": "a" * 32}
+    ids = iter(["1" * 16])
+    h = build_headers(event=event, delivery={"trace_flags": "00", "traceparent_inbound_valid": True},
+                      subscription={}, body=b"{}", secret=None, user_agent="ua",
+                      rand_hex=lambda n: next(ids))
+    assert h["traceparent"] == f"00-{'a' * 32}-{'1' * 16}-00"
+    assert "X-Cycles-Signature" not in h and "X-Request-Id" not in h
+    h2 = build_headers(event={**event, "trace_id": "bad"}, delivery={"trace_flags": "00"},
+                       subscription={}, body=b"{}", secret="s", user_agent="ua")
+    assert h2["X-Cycles-Trace-Id"] != "bad" and len(h2["X-Cycles-Trace-Id"]) == 32
+    assert h2["traceparent"].endswith("-01")
