@@ -307,14 +307,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def substitute(command: str, python: str, wheels: Path) -> list[list[str]]:
-    """Split a RUN command on && and map the image's paths onto the throwaway ones."""
+def substitute(command: str, wheels: Path, target: Path | None = None) -> list[list[str]]:
+    """Split a RUN command on && and map the image's paths onto the throwaway ones.
+
+    ``python -m pip ARGS`` runs this interpreter's pip; with ``target`` it acts on that
+    environment (``pip --python``), which spares bootstrapping pip into it."""
     steps: list[list[str]] = []
     for part in command.split("&&"):
         words = shlex.split(part)
-        assert words[0] == "python", f"unexpected command in a replayed RUN: {part}"
-        out = [python]
-        for word in words[1:]:
+        assert words[:3] == ["python", "-m", "pip"], f"unexpected command in a RUN: {part}"
+        out = [sys.executable, "-m", "pip"]
+        if target is not None:
+            out += ["--python", str(target / "bin" / "python")]
+        for word in words[3:]:
             word = word.replace("/wheels", str(wheels))
             out.extend(sorted(glob.glob(word)) if "*" in word else [word])
         steps.append(out)
@@ -332,18 +337,17 @@ def test_replay_install_and_start(stages: list[Stage], tmp_path: Path) -> None:
     started = time.monotonic()
     # builder: WORKDIR /src + COPY . /src, then `python -m pip wheel ... /wheels .`
     (wheel_run,) = [r for r in stages[0].all("RUN") if "pip wheel" in r.args]
-    for step in substitute(run_command(wheel_run), sys.executable, wheels):
+    for step in substitute(run_command(wheel_run), wheels):
         done = subprocess.run(step, cwd=context, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     built = sorted(p.name for p in wheels.glob("*.whl"))
     assert any(n.startswith("cycles_events-") for n in built), built
 
-    # runtime: a clean interpreter environment, then the stage's install command verbatim
+    # runtime: a clean interpreter environment, then the stage's install command
     env_dir = tmp_path / "image-venv"
-    venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
-    python = str(env_dir / "bin" / "python")
+    venv.EnvBuilder(with_pip=False, clear=True).create(env_dir)
     (install_run,) = [r for r in stages[1].all("RUN") if "pip install" in r.args]
-    for step in substitute(run_command(install_run), python, wheels):
+    for step in substitute(run_command(install_run), wheels, target=env_dir):
         done = subprocess.run(step, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     replay_seconds = time.monotonic() - started
