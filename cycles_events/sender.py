@@ -7,7 +7,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -16,6 +16,7 @@ from cycles_events.urlguard import SecurityPolicy, UrlBlocked
 
 MAX_RESPONSE_BYTES = 64 * 1024
 MAX_HEADER_LINE = 8190
+MAX_HEADERS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,12 +42,23 @@ class GuardedResolver(AbstractResolver):
     ) -> list[ResolveResult]:
         """Resolve `host` and refuse the whole answer if any address is blocked."""
         results = await self._base.resolve(host, port, family)
-        self._policy().judge_addresses(host, [r["host"] for r in results])
+        self._policy().judge_addresses(host.rstrip("."), [r["host"] for r in results])
         return results
 
     async def close(self) -> None:
         """Close the wrapped resolver."""
         await self._base.close()
+
+
+@dataclass(eq=False)
+class _Pool:
+    """A session (and its connection pool) opened under one URL policy."""
+
+    session: aiohttp.ClientSession
+    policy: SecurityPolicy
+    in_flight: int = 0
+    retired: bool = False
+    closing: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
 def _blocked_cause(exc: BaseException) -> UrlBlocked | None:
@@ -63,8 +75,10 @@ def _blocked_cause(exc: BaseException) -> UrlBlocked | None:
     return None
 
 
-def describe_error(exc: BaseException, total_timeout: float) -> str:
+def describe_error(exc: BaseException, total_timeout: float, connect_timeout: float = 0) -> str:
     """A transport error as an error_message: no URL, no user-info, no body."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return f"Timeout: no connection within {connect_timeout:g}s"
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
         return f"Timeout: no response within {total_timeout:g}s"
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
@@ -82,13 +96,15 @@ def describe_error(exc: BaseException, total_timeout: float) -> str:
         return f"Invalid HTTP response ({exc.status})"
     if isinstance(exc, aiohttp.ClientPayloadError):
         return "Invalid response body"
+    if isinstance(exc, aiohttp.InvalidURL):
+        return "Invalid URL"
     if isinstance(exc, aiohttp.ClientError):
         return f"HTTP client error: {type(exc).__name__}"
     return f"Transport error: {type(exc).__name__}"
 
 
 class Sender:
-    """POSTs signed events; one session (and connection pool) per process."""
+    """POSTs signed events through connection pools that never outlive the URL policy."""
 
     def __init__(
         self,
@@ -97,24 +113,32 @@ class Sender:
         connect_timeout: float,
         total_timeout: float,
         resolver: AbstractResolver | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._policy = policy
         self._connect_timeout = connect_timeout
         self._total_timeout = total_timeout
-        self._resolver = resolver
-        self._session: aiohttp.ClientSession | None = None
+        self.resolver = resolver
+        self._ssl = ssl_context
+        self._pool: _Pool | None = None
+        self._retired: set[_Pool] = set()
 
     async def start(self) -> None:
-        """Open the session."""
-        resolver = GuardedResolver(self._resolver or aiohttp.ThreadedResolver(), self._policy)
+        """Open the first session."""
+        if self._pool is None:
+            self._pool = self._open(self._policy())
+
+    def _open(self, policy: SecurityPolicy) -> _Pool:
+        if self.resolver is None:
+            self.resolver = aiohttp.ThreadedResolver()
         connector = aiohttp.TCPConnector(
-            resolver=resolver,
+            resolver=GuardedResolver(self.resolver, self._policy),
             use_dns_cache=False,
             limit=0,
             limit_per_host=0,
-            ssl=ssl.create_default_context(),
+            ssl=self._ssl or ssl.create_default_context(),
         )
-        self._session = aiohttp.ClientSession(
+        session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(
                 total=self._total_timeout,
@@ -125,37 +149,67 @@ class Sender:
             auto_decompress=False,
             max_line_size=MAX_HEADER_LINE,
             max_field_size=MAX_HEADER_LINE,
+            max_headers=MAX_HEADERS,
             cookie_jar=aiohttp.DummyCookieJar(),
         )
+        return _Pool(session, policy)
+
+    def _current(self, policy: SecurityPolicy) -> _Pool:
+        """The pool for this policy: a changed policy retires the pool of the old one."""
+        pool = self._pool
+        if pool is None:
+            raise RuntimeError("sender not started")
+        if pool.policy is not policy:
+            pool.retired = True
+            self._retired.add(pool)
+            self._close_if_idle(pool)
+            pool = self._pool = self._open(policy)
+        return pool
+
+    def _close_if_idle(self, pool: _Pool) -> None:
+        if pool.retired and pool.in_flight == 0 and pool.closing is None:
+            pool.closing = asyncio.ensure_future(pool.session.close())
+            pool.closing.add_done_callback(lambda _t: self._retired.discard(pool))
 
     async def close(self) -> None:
-        """Close the session and its connections."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Close every session and its connections."""
+        pools = [*self._retired, *([self._pool] if self._pool else [])]
+        self._pool = None
+        for pool in pools:
+            if pool.closing is not None:
+                await asyncio.wait({pool.closing})
+            else:
+                await pool.session.close()
+        self._retired.clear()
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> SendResult:
         """POST once; never follows redirects, reads at most 64 KiB of the answer."""
-        if self._session is None:
-            raise RuntimeError("sender not started")
         started = time.perf_counter()
+        policy = self._policy()
         try:
-            self._policy().check_url(url)
-            async with self._session.post(
-                url, data=body, headers=dict(headers), allow_redirects=False
+            target = policy.check_url(url)
+        except UrlBlocked as exc:
+            return SendResult(None, _ms(started), blocked=str(exc))
+        pool = self._current(policy)
+        pool.in_flight += 1
+        try:
+            async with pool.session.post(
+                target.url, data=body, headers=dict(headers), allow_redirects=False
             ) as resp:
                 status = resp.status
                 retry_after = resp.headers.get("Retry-After")
-                await _drain(resp)
-        except UrlBlocked as exc:
-            return SendResult(None, _ms(started), blocked=str(exc))
+                await read_bounded(resp)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             blocked = _blocked_cause(exc)
             if blocked is not None:
                 return SendResult(None, _ms(started), blocked=str(blocked))
-            return SendResult(None, _ms(started), error=describe_error(exc, self._total_timeout))
+            message = describe_error(exc, self._total_timeout, self._connect_timeout)
+            return SendResult(None, _ms(started), error=message)
+        finally:
+            pool.in_flight -= 1
+            self._close_if_idle(pool)
         error = None
         if 300 <= status <= 399:
             error = f"Redirect not followed (HTTP {status})"
@@ -164,17 +218,17 @@ class Sender:
         return SendResult(status, _ms(started), error=error, retry_after=retry_after)
 
 
-async def _drain(resp: aiohttp.ClientResponse) -> None:
-    """Read and discard at most MAX_RESPONSE_BYTES; drop the connection if there is more."""
+async def read_bounded(resp: aiohttp.ClientResponse, limit: int = MAX_RESPONSE_BYTES) -> int:
+    """Read and discard at most `limit` bytes of a body; drop the connection if there is more."""
     total = 0
-    while True:
-        chunk = await resp.content.readany()
+    while total < limit:
+        chunk = await resp.content.read(limit - total)
         if not chunk:
-            return
+            return total
         total += len(chunk)
-        if total > MAX_RESPONSE_BYTES:
-            resp.close()
-            return
+    if not resp.content.at_eof():
+        resp.close()
+    return total
 
 
 def _ms(started: float) -> int:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
+
+from yarl import URL
 
 from cycles_events.models import loads_object
 
@@ -35,8 +38,20 @@ BASELINE_BLOCKED = (
     "fe80::/10",
     "fc00::/7",
     "100.64.0.0/10",
+    # Beyond the contract's list: never a public webhook receiver either.
+    "240.0.0.0/4",
+    "64:ff9b:1::/48",
+    "fec0::/10",
 )
 _LOCAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+_DNS_NAME = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\.?")
+_DEC = re.compile(r"[1-9][0-9]*|0")
+_OCT = re.compile(r"0[0-7]+")
+_HEX = re.compile(r"0[xX][0-9a-fA-F]+")
+# Separators, controls, format characters, surrogates and private-use code points.
+_BAD_CATEGORIES = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf", "Cs", "Co"})
 
 
 class UrlBlocked(OSError):
@@ -52,6 +67,16 @@ def _networks(values: Iterable[str]) -> tuple[IPNetwork, ...]:
 
 
 _BASELINE = _networks(BASELINE_BLOCKED)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a URL connects to; `url` is the parsed URL to hand to the HTTP client unchanged."""
+
+    scheme: str
+    host: str
+    port: int
+    url: URL
 
 
 @dataclass(frozen=True)
@@ -73,7 +98,9 @@ class SecurityPolicy:
     ) -> SecurityPolicy:
         """The policy for a stored config (None = absent, so its defaults apply)."""
         config = config or {}
-        allow_http = config.get("allow_http", False)
+        allow_http = config.get("allow_http")
+        if allow_http is None:
+            allow_http = False
         if not isinstance(allow_http, bool):
             raise SecurityConfigError("allow_http is not a boolean")
         patterns = config.get("allowed_url_patterns") or []
@@ -109,87 +136,131 @@ class SecurityPolicy:
 
     def blocked_reason(self, address: IPAddress) -> str | None:
         """Why an address may not be connected to, or None when it may."""
-        ip = canonical(address)
+        views = _views(address)
+        for ip in views:
+            if ip.is_unspecified or ip.is_multicast or ip == _BROADCAST:
+                return "unspecified, multicast or broadcast address"
         for net in self.blocked:
-            if ip.version == net.version and ip in net:
-                return f"address in blocked range {net}"
+            for ip in views:
+                if ip.version == net.version and ip in net:
+                    return f"address in blocked range {net}"
         if self.enforce_baseline:
             for net in _BASELINE:
-                if ip.version == net.version and ip in net:
-                    return f"address in private/reserved range {net}"
-            if ip.is_multicast or ip.is_unspecified or (ip.version == 4 and ip == _BROADCAST):
-                return "multicast, broadcast or unspecified address"
+                for ip in views:
+                    if ip.version == net.version and ip in net:
+                        return f"address in private/reserved range {net}"
         return None
 
     def judge_addresses(self, host: str, addresses: Sequence[str]) -> None:
         """Raise UrlBlocked unless every address a host resolved to is allowed."""
         if not addresses:
-            raise UrlBlocked(f"host {host} resolved to no address")
+            raise UrlBlocked(f"URL blocked: host {host} resolved to no address")
         for text in addresses:
             ip = parse_ip(text)
             if ip is None:
-                raise UrlBlocked(f"host {host} resolved to an unparseable address")
+                raise UrlBlocked(f"URL blocked: host {host} resolved to an unparseable address")
             reason = self.blocked_reason(ip)
             if reason:
                 raise UrlBlocked(f"URL blocked: {host} resolves to {ip} ({reason})")
 
     def check_url(self, url: str) -> Target:
-        """Judge a URL before any connection: scheme, host, patterns and IP literals."""
+        """Judge a URL before any connection: scheme, host, port, patterns and IP literals."""
+        raw = url.strip() if isinstance(url, str) else ""
+        if not raw:
+            raise UrlBlocked("URL blocked: no URL")
+        if any(unicodedata.category(ch) in _BAD_CATEGORIES for ch in raw):
+            raise UrlBlocked("URL blocked: URL contains whitespace or control characters")
         try:
-            parts = urlsplit(url.strip())
-            port = parts.port
-        except ValueError:
+            parsed = URL(raw)
+            scheme = parsed.scheme.lower()
+            host = (parsed.raw_host or "").lower()
+            port = parsed.port
+        except Exception:  # yarl raises ValueError, UnicodeError and friends on hostile input
             raise UrlBlocked("URL blocked: not a valid URL") from None
-        scheme = parts.scheme.lower()
         if scheme not in ("http", "https"):
-            raise UrlBlocked(f"URL blocked: scheme {scheme or '(none)'} is not allowed")
+            raise UrlBlocked(f"URL blocked: scheme {scheme[:20] or '(none)'} is not allowed")
         if scheme == "http" and not self.allow_http:
             raise UrlBlocked("URL blocked: http is not allowed (allow_http is false)")
-        host = (parts.hostname or "").strip()
-        if not host:
+        if not host or not parsed.absolute:
             raise UrlBlocked("URL blocked: no host")
-        if self._patterns and not any(p.fullmatch(url.strip()) for p in self._patterns):
+        if port is None or not 0 < port < 65536:
+            raise UrlBlocked("URL blocked: invalid port")
+        if self._patterns and not self._matches(raw):
             raise UrlBlocked("URL blocked: not matched by allowed_url_patterns")
-        bare = host.rstrip(".").lower()
-        if self.enforce_baseline and (
-            bare in _LOCAL_NAMES or bare.endswith(".localhost") or bare == ""
-        ):
-            raise UrlBlocked(f"URL blocked: {bare or host} is a local name")
+        bare = host.rstrip(".")
+        if "%" in host:
+            raise UrlBlocked("URL blocked: host has a zone identifier or an escape")
         ip = parse_ip(host)
-        if ip is not None:
+        if ip is None:
+            if ":" in host or not _DNS_NAME.fullmatch(host) or _all_numeric(bare):
+                raise UrlBlocked("URL blocked: not a valid host name")
+            if self.enforce_baseline and (bare in _LOCAL_NAMES or bare.endswith(".localhost")):
+                raise UrlBlocked(f"URL blocked: {bare} is a local name")
+        else:
             reason = self.blocked_reason(ip)
             if reason:
                 raise UrlBlocked(f"URL blocked: {canonical(ip)} ({reason})")
-        return Target(scheme=scheme, host=bare, port=port or (443 if scheme == "https" else 80))
+            if ip.version == 4 and host != str(ip):
+                raise UrlBlocked(f"URL blocked: {ip} is spelled in a non-standard form")
+        return Target(scheme=scheme, host=bare, port=port, url=parsed)
+
+    def _matches(self, raw: str) -> bool:
+        """The whole URL matches a pattern; with user-info, the URL without it must match too."""
+        candidates = [raw]
+        bare = _without_userinfo(raw)
+        if bare != raw:
+            candidates.append(bare)
+        return all(any(p.fullmatch(c) for p in self._patterns) for c in candidates)
 
 
-_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+def _all_numeric(host: str) -> bool:
+    return host.replace(".", "").isdigit()
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
-    """What a URL connects to."""
-
-    scheme: str
-    host: str
-    port: int
+def _without_userinfo(raw: str) -> str:
+    """The URL text with any `user:password@` removed from its authority."""
+    start = raw.find("//")
+    if start < 0:
+        return raw
+    start += 2
+    end = len(raw)
+    for sep in "/?#\\":
+        i = raw.find(sep, start)
+        if 0 <= i < end:
+            end = i
+    authority = raw[start:end]
+    if "@" not in authority:
+        return raw
+    return raw[:start] + authority.rpartition("@")[2] + raw[end:]
 
 
 def _glob(pattern: str) -> re.Pattern[str]:
     return re.compile(".*".join(re.escape(part) for part in pattern.strip().split("*")), re.S)
 
 
+def _views(ip: IPAddress) -> tuple[IPAddress, ...]:
+    """An address and every IPv4 address embedded in it that a packet could end up at."""
+    if isinstance(ip, ipaddress.IPv4Address):
+        return (ip,)
+    out: list[IPAddress] = [ip]
+    packed = ip.packed
+    if ip.ipv4_mapped is not None:
+        out.append(ip.ipv4_mapped)
+    elif packed[:12] == bytes(12) and int(ip) > 1:  # IPv4-compatible (deprecated)
+        out.append(ipaddress.IPv4Address(packed[12:]))
+    if ip in _NAT64:
+        out.append(ipaddress.IPv4Address(packed[12:]))
+    if ip.sixtofour is not None:
+        out.append(ip.sixtofour)
+    if ip.teredo is not None:
+        out.extend(ip.teredo)
+    return tuple(out)
+
+
 def canonical(ip: IPAddress) -> IPAddress:
-    """IPv4-mapped and IPv4-compatible IPv6 addresses are judged as the IPv4 they carry."""
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return ip.ipv4_mapped
-        packed = ip.packed
-        if packed[:12] == bytes(12) and int(ip) > 1:
-            return ipaddress.IPv4Address(packed[12:])
-        if ip.sixtofour is not None:
-            return ip.sixtofour
-    return ip
+    """The address as judged: IPv4-mapped, -compatible, NAT64 and 6to4 forms as their IPv4."""
+    views = _views(ip)
+    return views[1] if len(views) > 1 else ip
 
 
 def parse_ip(host: str) -> IPAddress | None:
@@ -197,32 +268,31 @@ def parse_ip(host: str) -> IPAddress | None:
     text = host.strip().strip("[]").rstrip(".")
     if "%" in text:
         text = text.split("%", 1)[0]
-    if not text:
+    if not text or not text.isascii():
         return None
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        pass
+    if ":" in text:
+        try:
+            return ipaddress.IPv6Address(text)
+        except ValueError:
+            return None
     return _inet_aton(text)
 
 
 def _inet_aton(text: str) -> ipaddress.IPv4Address | None:
+    """glibc inet_aton: 1 to 4 parts, each decimal, octal (0...) or hex (0x...)."""
     parts = text.split(".")
     if not 1 <= len(parts) <= 4:
         return None
     values: list[int] = []
     for part in parts:
-        try:
-            if part.lower().startswith("0x"):
-                values.append(int(part[2:] or "0", 16))
-            elif len(part) > 1 and part.startswith("0"):
-                values.append(int(part, 8))
-            else:
-                values.append(int(part, 10))
-        except ValueError:
+        if _HEX.fullmatch(part):
+            values.append(int(part[2:], 16))
+        elif _OCT.fullmatch(part):
+            values.append(int(part, 8))
+        elif _DEC.fullmatch(part):
+            values.append(int(part, 10))
+        else:
             return None
-    if any(v < 0 for v in values):
-        return None
     *head, last = values
     if any(v > 255 for v in head) or last >= 256 ** (4 - len(head)):
         return None
@@ -234,9 +304,9 @@ def _inet_aton(text: str) -> ipaddress.IPv4Address | None:
 
 
 def redact_url(url: str) -> str:
-    """A URL safe to log: no user-info, no query string."""
+    """A URL safe to log: no user-info, no query string, no fragment."""
     try:
-        parts = urlsplit(url)
+        parts = urlsplit(url.strip())
         host = parts.hostname or ""
         netloc = f"[{host}]" if ":" in host else host
         if parts.port:
