@@ -221,3 +221,34 @@ TRIM_ZSET = """
 if redis.call('TYPE', KEYS[1])['ok'] ~= 'zset' then return -1 end
 return redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
 """
+
+REPLAY_DELIVERY = """
+-- REPLAY_DELIVERY: create a new PENDING delivery exactly as the producers do (operator replay).
+-- KEYS[1] delivery:{new id}, KEYS[2] deliveries:{subscription_id}, KEYS[3] dispatch:pending
+-- ARGV[1] delivery JSON, ARGV[2] TTL seconds, ARGV[3] created ms, ARGV[4] new delivery id
+-- Returns 1 when written, 0 when delivery:{new id} already exists (nothing is touched).
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+redis.call('LPUSH', KEYS[3], ARGV[4])
+return 1
+"""
+
+QUARANTINE_TAKE = """
+-- QUARANTINE_TAKE: remove every dispatch:failed entry of one delivery id and, when ARGV[2] is
+-- '1', LPUSH the id onto dispatch:pending (requeue); '0' only drops the entries.
+-- KEYS[1] dispatch:failed, KEYS[2] dispatch:pending
+-- ARGV[1] delivery id, ARGV[2] '1' requeue / '0' drop
+-- Returns the number of entries removed; 0 means no entry matched and nothing changed.
+local entries = redis.call('LRANGE', KEYS[1], 0, -1)
+local matched = {}
+for _, raw in ipairs(entries) do
+  local ok, doc = pcall(cjson.decode, raw)
+  if ok and type(doc) == 'table' and doc['delivery_id'] == ARGV[1] then matched[raw] = true end
+end
+local n = 0
+for raw, _ in pairs(matched) do n = n + redis.call('LREM', KEYS[1], 0, raw) end
+if n > 0 and ARGV[2] == '1' then redis.call('LPUSH', KEYS[2], ARGV[1]) end
+return n
+"""

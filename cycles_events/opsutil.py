@@ -1,0 +1,221 @@
+"""Pure helpers of the operator commands: durations, times, rates, failure reasons, output."""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, TextIO
+
+from cycles_events.models import format_instant, parse_instant_ms
+
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_ISO_DURATION = re.compile(
+    r"P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?", re.IGNORECASE
+)
+_RATE = re.compile(r"(\d+(?:\.\d+)?)\s*(?:/\s*(s|sec|second|m|min|minute|h|hour))?")
+_RATE_UNIT_S = {
+    "s": 1,
+    "sec": 1,
+    "second": 1,
+    "m": 60,
+    "min": 60,
+    "minute": 60,
+    "h": 3600,
+    "hour": 3600,
+}
+
+# Failure reasons derived from a delivery's error_message, in the order they are tried. The
+# names are the `reason` tags of cycles_webhook_delivery_failed_total.
+REASON_RULES: tuple[tuple[str, str], ...] = (
+    ("HTTP 4", "http_4xx"),
+    ("HTTP 5", "http_5xx"),
+    ("URL blocked", "ssrf_blocked"),
+    ("Delivery expired", "stale"),
+    ("Event not found", "event_not_found"),
+    ("Event record is not valid JSON", "invalid_record"),
+    ("Subscription record is not valid JSON", "invalid_record"),
+    ("Subscription not found", "subscription_not_found"),
+    ("Subscription not active", "subscription_inactive"),
+    ("Signing secret unusable", "secret_error"),
+)
+REASONS: tuple[str, ...] = (
+    *dict.fromkeys(r for _, r in REASON_RULES),
+    "transport_error",
+    "none",
+)
+REASON_HELP = (
+    "failure reason derived from error_message: 'HTTP 4xx' -> http_4xx, 'HTTP 5xx' -> "
+    "http_5xx, 'URL blocked...' -> ssrf_blocked, 'Delivery expired...' -> stale, "
+    "'Event not found...' -> event_not_found, '... is not valid JSON' -> invalid_record, "
+    "'Subscription not found' -> subscription_not_found, 'Subscription not active...' -> "
+    "subscription_inactive, 'Signing secret unusable...' -> secret_error, no error_message -> "
+    "none, anything else (timeouts, refused connections, TLS, 3xx) -> transport_error"
+)
+MASK = "***"
+
+
+def parse_duration_ms(value: str) -> int:
+    """Parse '90s', '30m', '2h', '1h30m', '7d', '500ms' or ISO 'PT2H'/'P1D' into milliseconds."""
+    raw = value.strip().lower()
+    if not raw:
+        raise ValueError("empty duration")
+    if raw.startswith("p"):
+        m = _ISO_DURATION.fullmatch(raw)
+        if not m or raw in ("p", "pt") or raw.endswith("t"):
+            raise ValueError(f"not a duration: {value!r}")
+        days, hours, minutes, seconds = (float(g) if g else 0.0 for g in m.groups())
+        return int(((days * 24 + hours) * 60 + minutes) * 60_000 + seconds * 1000)
+    pos = 0
+    total = 0.0
+    for part in _DURATION_PART.finditer(raw):
+        if part.start() != pos:
+            break
+        total += float(part.group(1)) * _UNIT_MS[part.group(2)]
+        pos = part.end()
+    if pos != len(raw) or pos == 0:
+        raise ValueError(f"not a duration (use e.g. 30m, 2h, 1h30m, 7d): {value!r}")
+    return int(total)
+
+
+def parse_time_ms(value: str, now_ms: int) -> int:
+    """A point in time: 'now', a duration ago ('2h'), an ISO-8601 instant or epoch milliseconds."""
+    raw = value.strip()
+    if raw.lower() == "now":
+        return now_ms
+    if raw.isdigit() and len(raw) >= 12:
+        return int(raw)
+    if re.match(r"\d{4}-\d{2}-\d{2}", raw):
+        if len(raw) == 10:
+            raw += "T00:00:00Z"
+        ms = parse_instant_ms(raw)
+        if ms is None:
+            raise ValueError(f"not an ISO-8601 time: {value!r}")
+        return ms
+    try:
+        return now_ms - parse_duration_ms(raw)
+    except ValueError:
+        raise ValueError(
+            f"not a time (use a duration ago like 2h, an ISO-8601 instant or 'now'): {value!r}"
+        ) from None
+
+
+def parse_rate(value: str) -> float:
+    """Parse '50/s', '50', '600/m' or '1000/h' into operations per second (> 0)."""
+    m = _RATE.fullmatch(value.strip().lower())
+    if not m:
+        raise ValueError(f"not a rate (use e.g. 50/s or 600/m): {value!r}")
+    per_s = float(m.group(1)) / _RATE_UNIT_S[m.group(2) or "s"]
+    if not math.isfinite(per_s) or per_s <= 0:
+        raise ValueError(f"rate must be positive: {value!r}")
+    return per_s
+
+
+def failure_reason(error_message: Any) -> str:
+    """The failure reason of a delivery, derived from its error_message (see REASON_HELP)."""
+    if not isinstance(error_message, str) or not error_message.strip():
+        return "none"
+    msg = error_message.strip()
+    for prefix, reason in REASON_RULES:
+        if msg.startswith(prefix):
+            if prefix.startswith("HTTP ") and not re.match(r"HTTP \d{3}\b", msg):
+                continue
+            return reason
+    return "transport_error"
+
+
+def mask_headers(headers: Any) -> dict[str, str]:
+    """Custom headers with every value masked (names are kept)."""
+    if not isinstance(headers, Mapping):
+        return {}
+    return {str(name): MASK for name in headers}
+
+
+def format_age(seconds: float | None) -> str:
+    """A compact age such as 45s, 3m04s, 2h05m or 3d04h."""
+    if seconds is None:
+        return "-"
+    s = int(max(0.0, seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    return f"{s // 86400}d{(s % 86400) // 3600:02d}h"
+
+
+def format_ms(ms: int | None) -> str:
+    """An epoch-ms time as an ISO instant, or '-'."""
+    return "-" if ms is None else format_instant(ms)
+
+
+def percentile(values: Sequence[float], pct: float) -> float | None:
+    """The nearest-rank percentile of `values` (None when empty)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(pct / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    """Left-aligned text columns."""
+    cells = [[str(c) for c in header]] + [["-" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells
+    )
+
+
+class Progress:
+    """A one-line progress bar on a terminal; silent when the stream is not a TTY."""
+
+    WIDTH = 30
+
+    def __init__(
+        self, total: int, stream: TextIO, label: str = "", *, enabled: bool | None = None
+    ) -> None:
+        self.total = max(0, total)
+        self.stream = stream
+        self.label = label
+        if enabled is None:
+            isatty = getattr(stream, "isatty", None)
+            enabled = bool(isatty and isatty())
+        self.enabled = enabled
+        self.done = 0
+        self.started = time.monotonic()
+        self._last = 0.0
+        self._drawn = False
+
+    def render(self, done: int, elapsed: float) -> str:
+        """The bar's text for `done` of total after `elapsed` seconds."""
+        frac = 1.0 if self.total == 0 else min(1.0, done / self.total)
+        filled = int(frac * self.WIDTH)
+        bar = "#" * filled + "." * (self.WIDTH - filled)
+        rate = done / elapsed if elapsed > 0 else 0.0
+        label = f"{self.label} " if self.label else ""
+        return f"{label}[{bar}] {done}/{self.total} {frac * 100:3.0f}% {rate:.0f}/s"
+
+    def update(self, done: int, *, force: bool = False) -> None:
+        """Redraw (at most 10 times a second unless forced)."""
+        self.done = done
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not force and now - self._last < 0.1:
+            return
+        self._last = now
+        self.stream.write("\r" + self.render(done, now - self.started) + "\x1b[K")
+        self.stream.flush()
+        self._drawn = True
+
+    def close(self) -> None:
+        """Draw the final state and end the line."""
+        if self.enabled:
+            self.update(self.done, force=True)
+            if self._drawn:
+                self.stream.write("\n")
+                self.stream.flush()
