@@ -579,3 +579,67 @@ def test_keda_options(chart: helm.Chart) -> None:
     assert not [d for d in docs if d["kind"] == "TriggerAuthentication"]
     with pytest.raises(helm.HelmRenderError, match="minReplicaCount"):
         render(chart, {"keda": {"enabled": True, "minReplicaCount": 5, "maxReplicaCount": 3}})
+
+
+def _field_for(env_name: str) -> str:
+    """The daemon's settings field that reads ``env_name`` (fails if none does)."""
+    from cycles_events.config import Settings
+
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        choices = getattr(alias, "choices", [])
+        if env_name in choices:
+            return name
+    raise AssertionError(f"the daemon reads no setting named {env_name}")
+
+
+def _typed(value: Any) -> Any:
+    secret = getattr(value, "get_secret_value", None)
+    return secret() if callable(secret) else value
+
+
+def test_rendered_env_is_read_back_by_the_daemon_settings(chart: helm.Chart) -> None:
+    """The env names the chart renders are the names the daemon reads, with the values."""
+    from cycles_events.config import Settings
+
+    overrides: dict[str, Any] = {
+        "config": {
+            "dispatchPendingTimeoutSeconds": 3,
+            "dispatchRetryPollIntervalMs": 700,
+            "retryBatchSize": 42,
+            "dispatchHttpTimeoutSeconds": 12,
+            "dispatchHttpConnectTimeoutSeconds": 4,
+            "maxDeliveryAgeMs": 3600000,
+            "eventTtlDays": 30,
+            "deliveryTtlDays": 7,
+            "retentionCleanupIntervalMs": 120000,
+            "metricsTenantTagEnabled": False,
+            "webhookUrlGuardAllowPrivateNetworks": True,
+            "dispatchProcessingRecoveryIdleMs": 90000,
+            "dispatchFailedMaxLen": 500,
+            "dispatchConcurrency": 16,
+            "dispatchMaxInFlightPerSubscription": 3,
+            "shutdownGraceSeconds": 20,
+            "logLevel": "WARNING",
+        },
+        "redis": {"host": "redis-master", "port": 6380},
+        "management": {"port": 9090, "address": "127.0.0.1"},
+        "webhookSecretEncryptionKey": KEY_B64,
+    }
+    docs = render(chart, overrides)
+    env = {n: e["value"] for n, e in env_of(docs).items() if "value" in e}
+    secret = by_kind(docs, "Secret")["data"]
+    env.update({k: base64.b64decode(v).decode() for k, v in secret.items()})
+    settings = Settings(**env)
+    defaults = Settings()
+    for env_name, value in env.items():
+        field = _field_for(env_name)
+        parsed = _typed(getattr(settings, field))
+        if isinstance(parsed, bool):
+            assert parsed is (value == "true"), env_name
+        elif isinstance(parsed, int | float):
+            assert parsed == float(value), env_name
+        else:
+            assert parsed == value, env_name
+        if env_name not in SECRET_SETTINGS or value:
+            assert parsed != _typed(getattr(defaults, field)), f"{env_name} kept its default"
