@@ -11,6 +11,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
 from cycles_events import __version__, logs
@@ -37,7 +38,9 @@ def redis_client(settings: Settings, *, socket_timeout: float | None = COMMAND_T
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": 3.0,
         "health_check_interval": 15,
-        "retry": Retry(NoBackoff(), 0),
+        # One immediate retry on a fresh connection absorbs connections that died while Redis
+        # restarted; a real outage still fails at once and is handled by the loops.
+        "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     }
     url = settings.redis_url.get_secret_value()
     if url:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,28 +40,38 @@ def _s(value: Any) -> str:
 
 
 class RedisState:
-    """Tracks whether Redis answers, logging each change of state once."""
+    """Tracks whether Redis answers, logging each change of state once.
 
-    def __init__(self) -> None:
+    A failure within DOWN_AFTER_S of the last success is not an outage yet: after a restart,
+    each pooled connection fails once while fresh ones succeed, and that is not a state change.
+    """
+
+    DOWN_AFTER_S = 1.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
         self.up = True
-        self.since = time.monotonic()
+        self.since = clock()
+        self.last_ok = clock()
         self.last_error: str | None = None
 
     def ok(self) -> None:
         """Record a successful command."""
+        self.last_ok = self.clock()
         if not self.up:
-            logs.info("redis_reconnected", down_seconds=round(time.monotonic() - self.since, 1))
+            logs.info("redis_reconnected", down_seconds=round(self.last_ok - self.since, 1))
             self.up = True
-            self.since = time.monotonic()
+            self.since = self.last_ok
             self.last_error = None
 
     def failed(self, exc: BaseException) -> None:
         """Record a connection failure."""
         self.last_error = type(exc).__name__
-        if self.up:
+        now = self.clock()
+        if self.up and now - self.last_ok >= self.DOWN_AFTER_S:
             logs.error("redis_unavailable", error=self.last_error)
             self.up = False
-            self.since = time.monotonic()
+            self.since = now
 
 
 @dataclass(frozen=True, slots=True)

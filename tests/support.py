@@ -23,7 +23,11 @@ from cycles_events.models import dumps, format_instant, parse_instant_ms
 
 DELIVERY_TTL_S = 14 * 86400
 EVENT_TTL_S = 90 * 86400
-OPEN_SECURITY = {"allow_http": True, "blocked_cidr_ranges": ["192.0.2.0/24"], "allowed_url_patterns": []}
+OPEN_SECURITY = {
+    "allow_http": True,
+    "blocked_cidr_ranges": ["192.0.2.0/24"],
+    "allowed_url_patterns": [],
+}
 KEY_B64 = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
 KEY = bytes(range(32))
 
@@ -38,7 +42,8 @@ def free_port() -> int:
 class RedisServer:
     """A throwaway redis-server on a free port in a temporary directory."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, persistent: bool = False) -> None:
+        self.persistent = persistent
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="cycles-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -52,9 +57,26 @@ class RedisServer:
         if exe is None:
             raise RuntimeError("redis-server is not installed (make test installs it)")
         self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
-             "--save", "", "--appendonly", "no", "--protected-mode", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                self.dir,
+                "--save",
+                "",
+                "--protected-mode",
+                "no",
+                *(
+                    ["--appendonly", "yes", "--appendfsync", "always"]
+                    if self.persistent
+                    else ["--appendonly", "no"]
+                ),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -128,8 +150,12 @@ class Admin:
             "url": url,
             "event_types": ["budget.exhausted"],
             "status": "ACTIVE",
-            "retry_policy": {"max_retries": 5, "initial_delay_ms": 1000,
-                             "backoff_multiplier": 2.0, "max_delay_ms": 60000},
+            "retry_policy": {
+                "max_retries": 5,
+                "initial_delay_ms": 1000,
+                "backoff_multiplier": 2.0,
+                "max_delay_ms": 60000,
+            },
             "disable_after_failures": 10,
             "consecutive_failures": 0,
             "created_at": "2026-11-01T09:00:00Z",
@@ -183,8 +209,15 @@ class Admin:
         }
         doc.update(fields)
         await self.redis.eval(  # type: ignore[misc]
-            PRODUCER_DELIVERY, 3, f"delivery:{delivery_id}", f"deliveries:{sub_id}",
-            "dispatch:pending", dumps(doc), DELIVERY_TTL_S, created, delivery_id,
+            PRODUCER_DELIVERY,
+            3,
+            f"delivery:{delivery_id}",
+            f"deliveries:{sub_id}",
+            "dispatch:pending",
+            dumps(doc),
+            DELIVERY_TTL_S,
+            created,
+            delivery_id,
         )
         return delivery_id
 
@@ -249,7 +282,9 @@ class Receiver:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        self.requests.append(Received(request.path, CIMultiDict(request.headers), body, time.monotonic()))
+        self.requests.append(
+            Received(request.path, CIMultiDict(request.headers), body, time.monotonic())
+        )
         behaviour = self.behaviours.get(request.path)
         if behaviour is not None:
             return await behaviour(request)

@@ -20,7 +20,9 @@ async def test_delivers_signed_event_with_every_header(
 ) -> None:
     await admin.security()
     sub = await admin.subscription(
-        receiver.url(), encrypt=True, secret="whsec_abc",
+        receiver.url(),
+        encrypt=True,
+        secret="whsec_abc",
         headers={"X-Team": "ops", "x-cycles-signature": "forged", "Content-Type": "text/plain"},
     )
     event = await admin.event(request_id="req_42")
@@ -51,13 +53,18 @@ async def test_delivers_signed_event_with_every_header(
     assert await redis.hlen("dispatch:processing:claim_owner") == 0
     ttl = await redis.ttl(f"delivery:{delivery_id}")
     assert 13 * 86400 < ttl <= 14 * 86400
-    assert json.loads(await redis.get(f"delivery:{delivery_id}"))["attempted_at"] == (
-        (await admin.record(delivery_id))["attempted_at"]
+    assert (
+        json.loads(await redis.get(f"delivery:{delivery_id}"))["attempted_at"]
+        == ((await admin.record(delivery_id))["attempted_at"])
     )
 
 
-FAST_RETRY = {"max_retries": 2, "initial_delay_ms": 100, "backoff_multiplier": 2.0,
-              "max_delay_ms": 1000}
+FAST_RETRY = {
+    "max_retries": 2,
+    "initial_delay_ms": 100,
+    "backoff_multiplier": 2.0,
+    "max_delay_ms": 1000,
+}
 
 
 async def test_retries_then_fails_then_auto_disables_with_events(
@@ -65,9 +72,13 @@ async def test_retries_then_fails_then_auto_disables_with_events(
 ) -> None:
     await admin.security()
     receiver.behaviours["/down"] = status(503)
-    sub = await admin.subscription(receiver.url("/down"), retry_policy=FAST_RETRY,
-                                   disable_after_failures=2, consecutive_failures=1,
-                                   metadata={"owner": "ops"})
+    sub = await admin.subscription(
+        receiver.url("/down"),
+        retry_policy=FAST_RETRY,
+        disable_after_failures=2,
+        consecutive_failures=1,
+        metadata={"owner": "ops"},
+    )
     event = await admin.event(request_id="req_9")
     delivery_id = await admin.delivery(sub, event)
     app = await start_app()
@@ -92,8 +103,18 @@ async def test_retries_then_fails_then_auto_disables_with_events(
     assert failed["data"]["details"]["delivery_id"] == delivery_id
     assert failed["event_id"].encode() in await redis.zrange("events:__system__", 0, -1)
     exposition = app.metrics.exposition().decode()
-    assert 'cycles_webhook_subscription_auto_disabled_total{reason="consecutive_failures_exceeded_threshold",tenant="acme"} 1.0' in exposition
-    assert 'cycles_webhook_delivery_retried_total{event_type="budget.exhausted",tenant="acme"} 2.0' in exposition
+    assert (
+    disabled_line = (
+        "cycles_webhook_subscription_auto_disabled_total"
+        '{reason="consecutive_failures_exceeded_threshold",tenant="acme"} 1.0'
+    )
+    assert disabled_line in exposition
+        in exposition
+    )
+    assert (
+        'cycles_webhook_delivery_retried_total{event_type="budget.exhausted",tenant="acme"} 2.0'
+        in exposition
+    )
 
 
 async def test_retrying_record_between_attempts(
@@ -119,7 +140,9 @@ async def test_status_gate_and_missing_records(
     await admin.security()
     sub = await admin.subscription(receiver.url())
     done = await admin.deliver(sub)
-    await redis.set(f"delivery:{done}", json.dumps({**(await admin.record(done)), "status": "SUCCESS"}))
+    await redis.set(
+        f"delivery:{done}", json.dumps({**(await admin.record(done)), "status": "SUCCESS"})
+    )
     await redis.lpush("dispatch:pending", "del_0000000000000000")  # no record at all
     later = await admin.deliver(sub)
     await start_app()
@@ -155,8 +178,9 @@ async def test_future_retry_goes_back_on_the_retry_zset(
     sub = await admin.subscription(receiver.url())
     event = await admin.event()
     due = now_ms() + 60_000
-    delivery_id = await admin.delivery(sub, event, status="RETRYING", attempts=1,
-                                       next_retry_at=format_instant(due))
+    delivery_id = await admin.delivery(
+        sub, event, status="RETRYING", attempts=1, next_retry_at=format_instant(due)
+    )
     await start_app()
     for _ in range(100):
         if await redis.zscore("dispatch:retry", delivery_id):
@@ -205,7 +229,9 @@ async def test_bad_input_fails_cleanly_and_pool_keeps_its_size(
     await redis.set(f"webhook:secret:{wrong_key}", encrypt_secret("whsec_x", bytes(32)))
     tampered = await admin.subscription(receiver.url("/tamper"), secret=None)
     enc = encrypt_secret("whsec_x", KEY)
-    await redis.set(f"webhook:secret:{tampered}", enc[:-6] + ("A" if enc[-6] != "A" else "B") + enc[-5:])
+    await redis.set(
+        f"webhook:secret:{tampered}", enc[:-6] + ("A" if enc[-6] != "A" else "B") + enc[-5:]
+    )
     bad_sub = await admin.subscription(receiver.url("/badsub"))
     await redis.set(f"webhook:{bad_sub}", b"{not json")
     event = await admin.event()

@@ -50,8 +50,12 @@ async def test_retry_fires_without_waiting_for_the_poll_interval(
     await admin.security()
     sub = await admin.subscription(
         receiver.url("/flaky"),
-        retry_policy={"max_retries": 1, "initial_delay_ms": 300, "backoff_multiplier": 1.0,
-                      "max_delay_ms": 1000},
+        retry_policy={
+            "max_retries": 1,
+            "initial_delay_ms": 300,
+            "backoff_multiplier": 1.0,
+            "max_delay_ms": 1000,
+        },
     )
     delivery_id = await admin.deliver(sub)
     # a poll interval of a minute: only the promoter's wake-up can send the retry in time
@@ -134,8 +138,16 @@ async def test_security_config_is_read_from_redis(
     (doc,) = await admin.wait_status([blocked], {"FAILED"})
     assert "http is not allowed" in doc["error_message"]
     assert receiver.requests == []
-    await redis.set("config:webhook-security", json.dumps(
-        {"allow_http": True, "blocked_cidr_ranges": ["192.0.2.0/24"], "allowed_url_patterns": []}))
+    await redis.set(
+        "config:webhook-security",
+        json.dumps(
+            {
+                "allow_http": True,
+                "blocked_cidr_ranges": ["192.0.2.0/24"],
+                "allowed_url_patterns": [],
+            }
+        ),
+    )
     await asyncio.sleep(5.5)  # the refresher reads the config every 5 s
     allowed = await admin.deliver(sub)
     await admin.wait_status([allowed], {"SUCCESS"})

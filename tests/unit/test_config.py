@@ -26,7 +26,11 @@ def test_contract_defaults() -> None:
     assert (s.event_ttl_days, s.delivery_ttl_days, s.management_port) == (90, 14, 9980)
     assert s.metrics_tenant_tag_enabled and not s.url_guard_allow_private_networks
     assert (s.processing_recovery_idle_ms, s.failed_max_len) == (180_000, 10_000)
-    assert (s.concurrency, s.max_in_flight_per_subscription, s.shutdown_grace_seconds) == (64, 8, 25)
+    assert (s.concurrency, s.max_in_flight_per_subscription, s.shutdown_grace_seconds) == (
+        64,
+        8,
+        25,
+    )
     assert s.encryption_key is None
 
 

@@ -36,8 +36,16 @@ def test_delivery_parse_keeps_unknown_fields() -> None:
 
 
 @pytest.mark.parametrize(
-    "raw", [b"", b"not json", b"[]", b'"x"', b'{"subscription_id": "s"}', b'{"event_id": 1}',
-            json.dumps({**DELIVERY, "attempts": "two"}).encode()],
+    "raw",
+    [
+        b"",
+        b"not json",
+        b"[]",
+        b'"x"',
+        b'{"subscription_id": "s"}',
+        b'{"event_id": 1}',
+        json.dumps({**DELIVERY, "attempts": "two"}).encode(),
+    ],
 )
 def test_unusable_delivery_records(raw: bytes) -> None:
     with pytest.raises(RecordError):
@@ -49,21 +57,26 @@ def test_transitions() -> None:
     ok = lifecycle.succeeded(d, 1795335331000, attempts=1, status=204, elapsed_ms=12)
     assert ok["status"] == "SUCCESS" and ok["completed_at"] == "2026-11-22T08:15:31Z"
     assert ok["attempted_at"] == DELIVERY["attempted_at"] and "error_message" not in ok
-    retry = lifecycle.retrying(d, attempts=2, status=503, elapsed_ms=9, message="HTTP 503",
-                               next_retry_ms=1795335333412)
+    retry = lifecycle.retrying(
+        d, attempts=2, status=503, elapsed_ms=9, message="HTTP 503", next_retry_ms=1795335333412
+    )
     assert retry["next_retry_at"] == "2026-11-22T08:15:33.412Z" and retry["status"] == "RETRYING"
-    failed = lifecycle.failed(parsed(**retry), 1795335340000, "HTTP 503", attempts=6, status=503,
-                              elapsed_ms=3)
+    failed = lifecycle.failed(
+        parsed(**retry), 1795335340000, "HTTP 503", attempts=6, status=503, elapsed_ms=3
+    )
     assert failed["status"] == "FAILED" and "next_retry_at" not in failed
     assert failed["response_status"] == 503 and failed["attempts"] == 6
-    assert lifecycle.stale_message(25 * 3_600_000, 86_400_000) == "Delivery expired: 25h old (max 24h)"
+    assert (
+        lifecycle.stale_message(25 * 3_600_000, 86_400_000) == "Delivery expired: 25h old (max 24h)"
+    )
 
 
 def test_trace_copied_only_when_missing() -> None:
     assert lifecycle.with_trace(parsed(), {"trace_id": "b" * 32}).doc["trace_id"] == "b" * 32
-    assert lifecycle.with_trace(parsed(trace_id="c" * 32), {"trace_id": "b" * 32}).doc[
-        "trace_id"
-    ] == "c" * 32
+    assert (
+        lifecycle.with_trace(parsed(trace_id="c" * 32), {"trace_id": "b" * 32}).doc["trace_id"]
+        == "c" * 32
+    )
 
 
 def test_subscription_merge_counts_and_disables() -> None:
@@ -96,8 +109,9 @@ def test_meta_events_shape() -> None:
     assert disabled["trace_id"] == "a" * 32 and disabled["request_id"] == "req_1"
     again = lifecycle.disabled_event(sub, d, None, "ACTIVE", 1795335339999)
     assert again["event_id"] == disabled["event_id"]  # deterministic: a retried save is idempotent
-    failed = lifecycle.delivery_failed_event(sub, d, None, attempts=6, status=503,
-                                             error="HTTP 503", now_ms=1795335330000)
+    failed = lifecycle.delivery_failed_event(
+        sub, d, None, attempts=6, status=503, error="HTTP 503", now_ms=1795335330000
+    )
     assert failed["tenant_id"] == "__system__" and failed["source"] == "cycles-events"
     details = failed["data"]["details"]
     assert details["attempts"] == 6 and details["last_response_status"] == 503
@@ -106,21 +120,38 @@ def test_meta_events_shape() -> None:
 
 
 def test_payload_problems() -> None:
-    good = {"event_id": "e", "event_type": "budget.exhausted", "category": "budget",
-            "timestamp": "t", "tenant_id": "a", "source": "s", "trace_id": "a" * 32}
+    good = {
+        "event_id": "e",
+        "event_type": "budget.exhausted",
+        "category": "budget",
+        "timestamp": "t",
+        "tenant_id": "a",
+        "source": "s",
+        "trace_id": "a" * 32,
+    }
     assert payload_problems(good) == []
     assert payload_problems({**good, "category": "tenant"}) == ["category_mismatch"]
     assert payload_problems({**good, "event_type": "made.up"}) == ["unknown_event_type"]
     assert payload_problems({**good, "event_type": "custom.thing", "category": "custom"}) == []
-    assert payload_problems({**good, "category": "weird"}) == ["unknown_category", "category_mismatch"]
+    assert payload_problems({**good, "category": "weird"}) == [
+        "unknown_category",
+        "category_mismatch",
+    ]
     assert payload_problems({**good, "trace_id": "XYZ"}) == ["trace_id_shape"]
     assert "missing_required" in payload_problems({"event_type": "budget.exhausted"})
 
 
 def test_custom_headers_never_replace_ours() -> None:
     headers = custom_headers(
-        {"X-Team": "ops", "content-type": "x", "X-CYCLES-SIGNATURE": "x", "Host": "evil",
-         "Bad Name": "v", "X-Inject": "a\r\nb", "X-Num": 5}
+        {
+            "X-Team": "ops",
+            "content-type": "x",
+            "X-CYCLES-SIGNATURE": "x",
+            "Host": "evil",
+            "Bad Name": "v",
+            "X-Inject": "a\r\nb",
+            "X-Num": 5,
+        }
     )
     assert headers == {"X-Team": "ops", "X-Num": "5"}
 
@@ -128,12 +159,42 @@ def test_custom_headers_never_replace_ours() -> None:
 def test_headers_use_event_trace_and_delivery_flags() -> None:
     event = {"event_id": "evt_1", "event_type": "budget.exhausted", "trace_id": "a" * 32}
     ids = iter(["1" * 16])
-    h = build_headers(event=event, delivery={"trace_flags": "00", "traceparent_inbound_valid": True},
-                      subscription={}, body=b"{}", secret=None, user_agent="ua",
-                      rand_hex=lambda n: next(ids))
+    h = build_headers(
+        event=event,
+        delivery={"trace_flags": "00", "traceparent_inbound_valid": True},
+        subscription={},
+        body=b"{}",
+        secret=None,
+        user_agent="ua",
+        rand_hex=lambda n: next(ids),
+    )
     assert h["traceparent"] == f"00-{'a' * 32}-{'1' * 16}-00"
     assert "X-Cycles-Signature" not in h and "X-Request-Id" not in h
-    h2 = build_headers(event={**event, "trace_id": "bad"}, delivery={"trace_flags": "00"},
-                       subscription={}, body=b"{}", secret="s", user_agent="ua")
+    h2 = build_headers(
+        event={**event, "trace_id": "bad"},
+        delivery={"trace_flags": "00"},
+        subscription={},
+        body=b"{}",
+        secret="s",
+        user_agent="ua",
+    )
     assert h2["X-Cycles-Trace-Id"] != "bad" and len(h2["X-Cycles-Trace-Id"]) == 32
     assert h2["traceparent"].endswith("-01")
+
+
+def test_redis_state_debounces_isolated_failures() -> None:
+    from cycles_events.store import RedisState
+
+    now = [100.0]
+    state = RedisState(clock=lambda: now[0])
+    state.ok()
+    state.failed(ConnectionError())  # a stale pooled connection right after a success
+    assert state.up
+    now[0] += 0.5
+    state.failed(ConnectionError())
+    assert state.up
+    now[0] += 0.6
+    state.failed(ConnectionError())  # no success for over a second: an outage
+    assert not state.up and state.last_error == "ConnectionError"
+    state.ok()
+    assert state.up

@@ -95,11 +95,18 @@ def test_retry_after_raises_delay_but_not_past_max() -> None:
         (204, None, "success", None),
         (404, None, "http_4xx", "HTTP 404"),
         (503, None, "http_5xx", "HTTP 503"),
-        (302, "Redirect not followed (HTTP 302)", "transport_error", "Redirect not followed (HTTP 302)"),
+        (
+            302,
+            "Redirect not followed (HTTP 302)",
+            "transport_error",
+            "Redirect not followed (HTTP 302)",
+        ),
         (None, "Connection failed: refused", "transport_error", "Connection failed: refused"),
     ],
 )
-def test_classification(status: int | None, error: str | None, reason: str, message: str | None) -> None:
+def test_classification(
+    status: int | None, error: str | None, reason: str, message: str | None
+) -> None:
     outcome = classify(status, error)
     assert outcome.reason == reason
     assert outcome.message == message
@@ -107,7 +114,12 @@ def test_classification(status: int | None, error: str | None, reason: str, mess
 
 def test_status_family() -> None:
     assert [status_family(s) for s in (200, 302, 404, 500, None, 99)] == [
-        "2xx", "3xx", "4xx", "5xx", "UNKNOWN", "UNKNOWN",
+        "2xx",
+        "3xx",
+        "4xx",
+        "5xx",
+        "UNKNOWN",
+        "UNKNOWN",
     ]
 
 
