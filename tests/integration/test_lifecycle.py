@@ -103,14 +103,11 @@ async def test_retries_then_fails_then_auto_disables_with_events(
     assert failed["data"]["details"]["delivery_id"] == delivery_id
     assert failed["event_id"].encode() in await redis.zrange("events:__system__", 0, -1)
     exposition = app.metrics.exposition().decode()
-    assert (
     disabled_line = (
         "cycles_webhook_subscription_auto_disabled_total"
         '{reason="consecutive_failures_exceeded_threshold",tenant="acme"} 1.0'
     )
     assert disabled_line in exposition
-        in exposition
-    )
     assert (
         'cycles_webhook_delivery_retried_total{event_type="budget.exhausted",tenant="acme"} 2.0'
         in exposition
