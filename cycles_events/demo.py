@@ -409,19 +409,46 @@ class Outcome:
     complete: bool
 
 
+async def pump(
+    redis: Redis,
+    subs: Sequence[Sub],
+    opts: Options,
+    pushed_ms: dict[tuple[str, str], int],
+    ids: list[str],
+) -> None:
+    """Push the events at `opts.rate` per second, in small batches, appending delivery ids."""
+    started = time.monotonic()
+    batch = 5
+    for first in range(0, opts.events, batch):
+        delay = started + first / opts.rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        ids += await push_events(redis, subs, first, min(batch, opts.events - first), pushed_ms)
+
+
 async def wait_done(
-    redis: Redis, ids: Sequence[str], progress: Progress, timeout_s: float, started: float
+    redis: Redis,
+    ids: list[str],
+    pushing: asyncio.Task[None],
+    progress: Progress,
+    timeout_s: float,
+    started: float,
 ) -> Outcome:
     """Poll the delivery records until every one is SUCCESS or FAILED (or time runs out)."""
-    deadline = time.monotonic() + timeout_s
+    deadline: float | None = None
     while True:
-        raws = await redis.mget([keys.delivery(i) for i in ids])
+        snapshot = list(ids)
+        raws = await redis.mget([keys.delivery(i) for i in snapshot]) if snapshot else []
         records = [json.loads(r) if r is not None else {} for r in raws]
         done = sum(1 for r in records if r.get("status") in ("SUCCESS", "FAILED"))
         progress.update(done)
-        if done == len(ids) or time.monotonic() > deadline:
-            progress.update(done, force=True)
-            return Outcome(records, time.monotonic() - started, done == len(ids))
+        if pushing.done():
+            pushing.result()
+            if deadline is None:
+                deadline = time.monotonic() + timeout_s
+            if done == len(snapshot) or time.monotonic() > deadline:
+                progress.update(done, force=True)
+                return Outcome(records, time.monotonic() - started, done == len(snapshot))
         await asyncio.sleep(0.1)
 
 
@@ -568,22 +595,22 @@ async def run_demo(opts: Options, procs: Processes, receiver: DemoReceiver) -> i
             say(f"daemon ready; pushing {opts.events} events as the admin server would")
             pushed_ms: dict[tuple[str, str], int] = {}
             ids: list[str] = []
+            expected = sum(
+                1
+                for n in range(opts.events)
+                for sub in subs
+                if sub.wants(n, EVENT_TYPES[n % len(EVENT_TYPES)][0])
+            )
+            progress = Progress(expected, sys.stderr, "deliveries", enabled=opts.interactive)
             started = time.monotonic()
-            batch = 5
-            for first in range(0, opts.events, batch):
-                delay = started + first / opts.rate - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                ids += await push_events(
-                    redis, subs, first, min(batch, opts.events - first), pushed_ms
-                )
-            progress = Progress(len(ids), sys.stderr, "deliveries", enabled=opts.interactive)
-            if not opts.interactive:
-                say(f"pushed {len(ids)} deliveries; waiting for the outcome")
+            pushing = asyncio.create_task(pump(redis, subs, opts, pushed_ms, ids))
             try:
-                outcome = await wait_done(redis, ids, progress, opts.timeout_s, started)
+                outcome = await wait_done(redis, ids, pushing, progress, opts.timeout_s, started)
             finally:
+                pushing.cancel()
                 progress.close()
+            if not opts.interactive:
+                say(f"pushed {len(ids)} deliveries, {len(outcome.records)} followed")
             statuses: dict[str, str] = {}
             for sub in subs:
                 doc = json.loads(await redis.get(keys.subscription(sub.subscription_id)) or "{}")
