@@ -1,0 +1,111 @@
+"""Helpers of the CLI tests: run `cycles-events` as a subprocess, seed records, snapshot Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from cycles_events.models import dumps, format_instant
+from tests.support import DELIVERY_TTL_S, EVENT_TTL_S, hex16, now_ms
+
+
+@dataclass
+class Run:
+    """A finished CLI run."""
+
+    code: int
+    out: str
+    err: str
+
+
+def cli_env(redis_url: str, **extra: str) -> dict[str, str]:
+    """The environment of a CLI run against `redis_url` (nothing inherited from REDIS_*)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "WEBHOOK_"))}
+    env["REDIS_URL"] = redis_url
+    env.update(extra)
+    return env
+
+
+async def cli(
+    redis_url: str, *args: str, stdin: bytes | None = None, timeout: float = 60, **env: str
+) -> Run:
+    """Run `python -m cycles_events.cli ARGS` and wait for it."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cycles_events.cli",
+        *args,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=cli_env(redis_url, **env),
+    )
+    out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+    assert proc.returncode is not None
+    return Run(proc.returncode, out.decode(), err.decode())
+
+
+async def seed_deliveries(
+    redis: Redis,
+    sub_id: str,
+    n: int,
+    *,
+    status: str = "FAILED",
+    error: str | None = "HTTP 503",
+    event_type: str = "budget.exhausted",
+    created_ms: int | None = None,
+    step_ms: int = 1,
+    **fields: Any,
+) -> list[str]:
+    """`n` events with one finished delivery each, written as the producers and we write them."""
+    start = created_ms if created_ms is not None else now_ms() - n * step_ms - 1000
+    ids: list[str] = []
+    pipe = redis.pipeline(transaction=False)
+    for i in range(n):
+        at = start + i * step_ms
+        event_id = f"evt_{hex16()}"
+        event = {
+            "event_id": event_id,
+            "event_type": event_type,
+            "category": event_type.split(".")[0],
+            "timestamp": format_instant(at),
+            "tenant_id": "acme",
+            "source": "cycles-server",
+            "trace_id": os.urandom(16).hex(),
+        }
+        pipe.set(f"event:{event_id}", dumps(event), ex=EVENT_TTL_S)
+        pipe.zadd("events:acme", {event_id: at})
+        pipe.zadd("events:_all", {event_id: at})
+        delivery_id = f"del_{hex16()}"
+        doc: dict[str, Any] = {
+            "delivery_id": delivery_id,
+            "subscription_id": sub_id,
+            "event_id": event_id,
+            "event_type": event_type,
+            "status": status,
+            "attempted_at": format_instant(at),
+            "attempts": 6 if status == "FAILED" else 0,
+            "trace_id": event["trace_id"],
+        }
+        if error is not None:
+            doc["error_message"] = error
+            doc["completed_at"] = format_instant(at + 500)
+        doc.update(fields)
+        pipe.set(f"delivery:{delivery_id}", dumps(doc), ex=DELIVERY_TTL_S)
+        pipe.zadd(f"deliveries:{sub_id}", {delivery_id: at})
+        ids.append(delivery_id)
+    await pipe.execute()
+    return ids
+
+
+async def snapshot(redis: Redis) -> dict[bytes, tuple[bytes | None, bool]]:
+    """Every key's DUMP and whether it has a TTL."""
+    out: dict[bytes, tuple[bytes | None, bool]] = {}
+    async for key in redis.scan_iter(count=1000):
+        out[key] = (await redis.dump(key), await redis.pttl(key) > 0)
+    return out
