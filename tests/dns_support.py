@@ -7,6 +7,7 @@ import ipaddress
 import itertools
 import socket
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -45,17 +46,13 @@ class DnsServer:
         server = self
 
         class Protocol(asyncio.DatagramProtocol):
-            def connection_made(self, transport: asyncio.BaseTransport) -> None:
-                assert isinstance(transport, asyncio.DatagramTransport)
-                server._transport = transport
-
             def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
                 reply = server.reply(data)
                 if reply is not None and server._transport is not None:
                     server._transport.sendto(reply, addr)
 
-        await loop.create_datagram_endpoint(Protocol, local_addr=("127.0.0.1", 0))
-        assert self._transport is not None
+        transport, _ = await loop.create_datagram_endpoint(Protocol, local_addr=("127.0.0.1", 0))
+        self._transport = transport
         self.port = self._transport.get_extra_info("sockname")[1]
 
     def reply(self, data: bytes) -> bytes | None:
@@ -83,7 +80,7 @@ class DnsServer:
             if qtype == "A" and ip.version == 4:
                 reply.add_answer(RR(q.qname, QTYPE.A, rdata=A(address), ttl=TTL))
             elif qtype == "AAAA" and ip.version == 6:
-                reply.add_answer(RR(q.qname, QTYPE.AAAA, rdata=AAAA(address), ttl=TTL))
+                reply.add_answer(RR(q.qname, QTYPE.AAAA, rdata=AAAA(tuple(ip.packed)), ttl=TTL))
         return bytes(reply.pack())
 
     def stop(self) -> None:
@@ -154,3 +151,117 @@ class DnsResolver(AbstractResolver):
 
     async def close(self) -> None:
         """Nothing to close: each query uses its own socket."""
+
+
+# --- raw TCP servers for hostile-receiver tests ---------------------------------------------------
+
+RawHandler = Callable[["RawServer", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes] | None:
+    """One HTTP/1.1 request (head, body) read from a stream, or None at EOF."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+        return None
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    body = await reader.readexactly(length) if length else b""
+    return head, body
+
+
+async def http_ok(server: RawServer, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    """Answer 200 to every request on the connection (keep-alive)."""
+    while (request := await read_request(reader)) is not None:
+        server.requests.append(request[0])
+        close = b"Connection: close\r\n" if server.close_each else b""
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n" + close + b"\r\nok")
+        await w.drain()
+        if server.close_each:
+            return
+
+
+def respond(data: bytes) -> RawHandler:
+    """Read one request, send `data` verbatim, then wait for the client to hang up."""
+
+    async def handler(server: RawServer, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        request = await read_request(r)
+        if request is None:
+            return
+        server.requests.append(request[0])
+        w.write(data)
+        await w.drain()
+        await r.read()
+
+    return handler
+
+
+async def endless_body(server: RawServer, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    """Answer 200 with a chunked body that never ends; stops when the client hangs up."""
+    request = await read_request(r)
+    if request is None:
+        return
+    server.requests.append(request[0])
+    w.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n")
+    chunk = b"x" * 16384
+    frame = f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
+    while True:
+        w.write(frame)
+        await w.drain()
+        server.sent += len(chunk)
+
+
+async def silent(server: RawServer, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    """Read the request and never answer."""
+    request = await read_request(r)
+    if request is not None:
+        server.requests.append(request[0])
+    await r.read()
+
+
+@dataclass
+class RawServer:
+    """A TCP server that counts every connection made to it and runs `handler` on each."""
+
+    handler: RawHandler = http_ok
+    host: str = "127.0.0.1"
+    port: int = 0
+    close_each: bool = False
+    connections: int = 0
+    sent: int = 0
+    requests: list[bytes] = field(default_factory=list)
+    ended: list[str] = field(default_factory=list)
+    _server: asyncio.Server | None = None
+    _writers: set[asyncio.StreamWriter] = field(default_factory=set)
+
+    async def start(self) -> RawServer:
+        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.add(writer)
+        try:
+            await self.handler(self, reader, writer)
+            self.ended.append("done")
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            self.ended.append(type(exc).__name__)
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+    def url(self, path: str = "/hook", host: str | None = None) -> str:
+        name = host or (f"[{self.host}]" if ":" in self.host else self.host)
+        return f"http://{name}:{self.port}{path}"
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in list(self._writers):
+            writer.transport.abort()
+        await asyncio.sleep(0)
