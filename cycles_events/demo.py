@@ -65,12 +65,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent() -> None:
-    """In a child: get SIGTERM when the demo dies, however it dies (Linux only)."""
-    with contextlib.suppress(Exception):
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A pre-exec hook that makes a child get SIGTERM when the demo dies, however it dies.
+
+    The libc function is looked up here, in the parent, so that the hook itself only makes one
+    C call between fork and exec (no import, no Python locks). Linux only; None elsewhere.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def hook() -> None:
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+    return hook
 
 
 def hex16() -> str:
@@ -87,8 +100,9 @@ class Processes:
 
     def start(self, name: str, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
         """Start a child in its own session (Ctrl-C reaches only the demo, which stops it)."""
-        preexec = _die_with_parent if sys.platform.startswith("linux") else None
-        proc = subprocess.Popen(argv, start_new_session=True, preexec_fn=preexec, **kwargs)
+        proc = subprocess.Popen(
+            argv, start_new_session=True, preexec_fn=_parent_death_signal(), **kwargs
+        )
         self.procs.append((name, proc))
         return proc
 
