@@ -264,3 +264,33 @@ async def test_enable_is_a_partial_merge_that_survives_a_concurrent_write(
     assert not again.changed and again.event_id is None
     with pytest.raises(ops.OpsError, match="subscription whsub_nope not found"):
         await ops.enable_subscription(redis, "whsub_nope", event_ttl_s=60)
+
+
+async def test_replay_reports_what_it_wrote_when_redis_dies_mid_run() -> None:
+    from cycles_events.app import redis_client
+    from cycles_events.config import Settings
+
+    server = RedisServer()
+    server.start()
+    client = redis_client(Settings(REDIS_URL=server.url))
+    try:
+        admin = Admin(client)
+        sub = await admin.subscription("http://127.0.0.1:1/hook")
+        await seed_deliveries(client, sub, 250)
+        sel = await ops.select_by_subscription(client, sub, ops.ReplayFilter())
+        assert len(sel.sources) == 250
+
+        def progress(done: int) -> None:
+            if done == 100:
+                server.stop()  # Redis goes away after the first batch of 100
+
+        result = await ops.replay(client, sel.sources, ttl_s=3600, on_progress=progress)
+    finally:
+        await client.aclose()
+        server.cleanup()
+    assert len(result.replayed) == 100 and [s for s, _ in result.replayed] == [
+        s.delivery_id for s in sel.sources[:100]
+    ]
+    assert result.error is not None and "ConnectionError" in result.error
+    assert [s for s, _ in result.in_doubt] == [s.delivery_id for s in sel.sources[100:200]]
+    assert not result.interrupted

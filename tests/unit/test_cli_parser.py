@@ -150,3 +150,13 @@ def test_verify_with_the_contract_vectors(
     assert cli.main(argv) == 1
     err = capsys.readouterr().err
     assert "decryption failed" in err and VECTORS["decrypted_secret"] not in err
+
+
+def test_redis_target_never_shows_the_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cycles_events.config import Settings
+
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    with_url = Settings(REDIS_URL="redis://:hunter2@redis.internal:6380/0")
+    assert cli._redis_target(with_url) == "redis.internal:6380"
+    plain = Settings(REDIS_HOST="cache", REDIS_PORT=7000, REDIS_PASSWORD="hunter2")
+    assert cli._redis_target(plain) == "cache:7000"
