@@ -10,9 +10,10 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from cycles_events import USER_AGENT, lifecycle, logs
+from cycles_events.batching import GroupCommit
 from cycles_events.crypto import SecretError, decrypt_secret
 from cycles_events.lifecycle import SubscriptionChange
 from cycles_events.metrics import Metrics
@@ -28,7 +29,14 @@ from cycles_events.models import (
 from cycles_events.retry import Kind, RetryPolicy, classify, parse_retry_after_ms, status_family
 from cycles_events.sender import Sender, SendResult
 from cycles_events.signing import build_headers
-from cycles_events.store import UNAVAILABLE, RedisState, Related, Store, quarantine_entry
+from cycles_events.store import (
+    UNAVAILABLE,
+    FinalWrite,
+    RedisState,
+    Related,
+    Store,
+    quarantine_entry,
+)
 from cycles_events.subscriptions import SubscriptionUpdater
 from cycles_events.urlguard import SecurityConfigError, SecurityPolicy, UrlBlocked, redact_url
 
@@ -37,6 +45,10 @@ T = TypeVar("T")
 CLAIM_BATCH = 32
 RETRY_TOLERANCE_MS = 250
 PARK_DELAY_MS = 1000
+WAITING_FRESH_S = 5.0
+STUCK_AFTER_S = 1.0
+FINAL_WRITE_GRACE_S = 5.0
+MAX_CACHED_SECRETS = 10_000
 ERROR_RETRY_DELAY_MS = 5000
 MAX_REDIS_BACKOFF_S = 5.0
 
@@ -74,6 +86,9 @@ class Job:
     tenant: str | None
 
 
+_UNCHECKED = "\x00unchecked"
+
+
 class PolicySource:
     """Holds the current URL policy, refreshed from config:webhook-security by maintenance."""
 
@@ -83,6 +98,8 @@ class PolicySource:
         self.error: str | None = None
         self.raw: bytes | None = None
         self.loaded = False
+        self._checked_for: SecurityPolicy | None = None
+        self._verdicts: dict[str, str | None] = {}
 
     def update(self, raw: bytes | None) -> None:
         """Parse a newly read config; a bad one keeps the last good policy and sets `error`."""
@@ -101,6 +118,25 @@ class PolicySource:
     def current(self) -> SecurityPolicy:
         """The policy in force."""
         return self.policy
+
+    def check(self, url: str) -> None:
+        """check_url under the current policy, remembering verdicts until the policy changes."""
+        policy = self.policy
+        if policy is not self._checked_for:
+            self._verdicts.clear()
+            self._checked_for = policy
+        verdict = self._verdicts.get(url, _UNCHECKED)
+        if verdict is _UNCHECKED:
+            try:
+                policy.check_url(url)
+                verdict = None
+            except UrlBlocked as exc:
+                verdict = str(exc)
+            if len(self._verdicts) >= MAX_CACHED_SECRETS:
+                self._verdicts.clear()
+            self._verdicts[url] = verdict
+        if verdict is not None:
+            raise UrlBlocked(verdict)
 
 
 class Dispatcher:
@@ -127,15 +163,23 @@ class Dispatcher:
         self.clock = clock
         self.on_retry_scheduled = on_retry_scheduled or (lambda _ms: None)
         self.subscriptions = SubscriptionUpdater(store)
+        self._finalizer: GroupCommit[FinalWrite, bool] = GroupCommit(
+            "finalize", lambda ops: store.finalize(ops, options.failed_max_len)
+        )
         self.instance = secrets.token_hex(6)
         self._seq = itertools.count()
         self.held: dict[str, str] = {}  # delivery id -> claim token, for every claim we own
         self.active = 0
         self._per_sub: dict[str, int] = {}
-        self._waiting: dict[str, deque[str]] = {}
+        self._waiting: dict[str, deque[tuple[float, Job]]] = {}
         self._waiting_total = 0
+        # Claims waiting for a busy subscription: bounded per subscription and in all, so that a
+        # saturated subscription's overflow is parked while the others keep flowing.
+        self._waiting_cap = options.concurrency
+        self._progress: dict[str, float] = {}  # subscription -> last send start or completion
         self._tasks: set[asyncio.Task[None]] = set()
-        self._writes: set[asyncio.Task[None]] = set()
+        self._recording: set[asyncio.Task[Any]] = set()  # sends whose final write is under way
+        self._secrets: dict[tuple[str, bytes], str] = {}
         self._capacity = asyncio.Event()
         self.accepting = True
         self.consuming = False
@@ -154,8 +198,12 @@ class Dispatcher:
         """Claim and dispatch until `stop_claiming` is called (or the task is cancelled)."""
         backoff = 0.1
         while self.accepting:
-            free = self.opt.concurrency - self.active
+            free = min(
+                self.opt.concurrency - self.active,
+                self._waiting_cap - self._waiting_total,
+            )
             if free <= 0:
+                self._park_stuck_overflow()
                 self._capacity.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._capacity.wait(), timeout=1.0)
@@ -225,7 +273,7 @@ class Dispatcher:
 
     # --- loading and deciding -------------------------------------------------------------
 
-    async def _handle(self, ids: list[str], token: str, resumed: bool = False) -> None:
+    async def _handle(self, ids: list[str], token: str) -> None:
         """Load a claimed batch and take each delivery as far as a send or a final write."""
         try:
             raws = await self._redis(lambda: self.store.load_deliveries(ids))
@@ -244,7 +292,7 @@ class Dispatcher:
             for d in parsed:
                 job = await self._prepare(d, token, related)
                 if job is not None:
-                    self._gate(job, resumed)
+                    self._gate(job)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -346,7 +394,7 @@ class Dispatcher:
             await self._release(d.delivery_id, token, self.clock() + ERROR_RETRY_DELAY_MS)
             return None
         try:
-            self.policy.current().check_url(url)
+            self.policy.check(url)
         except UrlBlocked as exc:
             await self._fail_upstream(d, token, tenant, "ssrf_blocked", str(exc))
             return None
@@ -354,7 +402,7 @@ class Dispatcher:
         stored = related.secrets.get(d.subscription_id)
         if stored is not None:
             try:
-                secret = decrypt_secret(stored.decode("utf-8", "replace"), self.opt.encryption_key)
+                secret = self._decrypt(d.subscription_id, stored)
             except SecretError as exc:
                 await self._fail_upstream(
                     d, token, tenant, "secret_error", f"Signing secret unusable: {exc}"
@@ -362,6 +410,17 @@ class Dispatcher:
                 return None
         assert ev_raw is not None
         return Job(d, token, ev_raw, event, sub, secret, url.strip(), tenant)
+
+    def _decrypt(self, subscription_id: str, stored: bytes) -> str:
+        """Decrypt a stored secret, remembering the result for the same stored value."""
+        key = (subscription_id, stored)
+        secret = self._secrets.get(key)
+        if secret is None:
+            secret = decrypt_secret(stored.decode("utf-8", "replace"), self.opt.encryption_key)
+            if len(self._secrets) >= MAX_CACHED_SECRETS:
+                self._secrets.clear()
+            self._secrets[key] = secret
+        return secret
 
     async def _fail_upstream(
         self, d: Delivery, token: str, tenant: str | None, reason: str, message: str
@@ -374,34 +433,64 @@ class Dispatcher:
 
     # --- per-subscription gate --------------------------------------------------------------
 
-    def _gate(self, job: Job, resumed: bool) -> None:
+    def _gate(self, job: Job) -> None:
+        """Send now, or wait for the subscription's next free slot (parked if it is stuck)."""
         sub = job.delivery.subscription_id
-        delivery_id = job.delivery.delivery_id
         if self._per_sub.get(sub, 0) < self.opt.per_subscription:
             self._per_sub[sub] = self._per_sub.get(sub, 0) + 1
+            self._progress.setdefault(sub, time.monotonic())
             self.active += 1  # the send holds its own slot; _handle releases the batch's
             self._spawn(self._send(job), "send")
             return
-        if self._waiting_total < self.opt.concurrency:
-            self._waiting.setdefault(sub, deque()).append(delivery_id)
-            self._waiting_total += 1
+        queue = self._waiting.setdefault(sub, deque())
+        if self._stuck(sub) and len(queue) >= self._stuck_queue:
+            self._park(job)
             return
+        queue.append((time.monotonic(), job))
+        self._waiting_total += 1
+
+    @property
+    def _stuck_queue(self) -> int:
+        return 2 * self.opt.per_subscription
+
+    def _stuck(self, sub: str) -> bool:
+        """At its bound, and no send of it has finished for a while: a slow or dead receiver."""
+        last = self._progress.get(sub)
+        return last is not None and time.monotonic() - last > STUCK_AFTER_S
+
+    def _park(self, job: Job) -> None:
+        self.metrics.parked.inc()
+        delivery_id = job.delivery.delivery_id
         self._spawn(self._release(delivery_id, job.token, self.clock() + PARK_DELAY_MS), "park")
 
+    def _park_stuck_overflow(self) -> None:
+        """Free the waiting room held by stuck subscriptions, so the others keep flowing."""
+        for sub, queue in list(self._waiting.items()):
+            while len(queue) > self._stuck_queue and self._stuck(sub):
+                _, job = queue.pop()
+                self._waiting_total -= 1
+                self._park(job)
+
     def _resume(self, sub: str) -> None:
+        """Give a subscription's freed slot to its oldest waiting delivery."""
         queue = self._waiting.get(sub)
         if not queue:
             self._waiting.pop(sub, None)
             return
-        delivery_id = queue.popleft()
+        since, job = queue.popleft()
         self._waiting_total -= 1
+        self._capacity.set()
         if not queue:
             self._waiting.pop(sub, None)
-        token = self.held.get(delivery_id)
-        if token is None or not self.accepting:
+        if not self.accepting:  # draining: nothing new starts, the claim goes back
+            self._spawn(self._release(job.delivery.delivery_id, job.token, None), "release")
             return
+        if time.monotonic() - since <= WAITING_FRESH_S:
+            self._gate(job)
+            return
+        # waited long enough for its records to be stale: load them again before sending
         self.active += 1
-        self._spawn(self._handle([delivery_id], token, resumed=True), "resume")
+        self._spawn(self._handle([job.delivery.delivery_id], job.token), "resume")
 
     # --- sending and recording --------------------------------------------------------------
 
@@ -418,19 +507,25 @@ class Dispatcher:
                 user_agent=USER_AGENT,
             )
             result = await self.sender.post(job.url, job.body, headers)
-            write = asyncio.ensure_future(self._record(job, result))
-            write.set_name(f"record:{d.delivery_id}")
-            self._writes.add(write)
-            write.add_done_callback(self._writes.discard)
-            await asyncio.shield(write)
+            # From here on the send happened: a drain never cancels the final write.
+            task = asyncio.current_task()
+            if task is not None:
+                self._recording.add(task)
+            try:
+                await self._record(job, result)
+            finally:
+                if task is not None:
+                    self._recording.discard(task)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             await self._unexpected([d.delivery_id], job.token, exc)
         finally:
             self._per_sub[sub_id] -= 1
+            self._progress[sub_id] = time.monotonic()
             if self._per_sub[sub_id] <= 0:
                 self._per_sub.pop(sub_id, None)
+                self._progress.pop(sub_id, None)
             self._finished()
             self._resume(sub_id)
 
@@ -557,16 +652,8 @@ class Dispatcher:
         retry_at_ms: int | None = None,
         quarantine: JsonObject | None = None,
     ) -> None:
-        owned = await self._redis(
-            lambda: self.store.finalize(
-                delivery_id,
-                token,
-                record=record,
-                retry_at_ms=retry_at_ms,
-                quarantine=quarantine,
-                failed_max_len=self.opt.failed_max_len,
-            )
-        )
+        write = FinalWrite(delivery_id, token, record, retry_at_ms, quarantine)
+        owned = await self._redis(lambda: self._finalizer.submit(write))
         self.held.pop(delivery_id, None)
         if not owned:
             logs.warning("claim_lost", delivery_id=delivery_id)
@@ -612,7 +699,9 @@ class Dispatcher:
     async def drain(self, grace_s: float) -> None:
         """Stop claiming, give back waiting claims, let sends finish within the grace period."""
         self.stop_claiming()
-        waiting = [(i, self.held[i]) for q in self._waiting.values() for i in q if i in self.held]
+        waiting = [
+            (job.delivery.delivery_id, job.token) for q in self._waiting.values() for _, job in q
+        ]
         self._waiting.clear()
         self._waiting_total = 0
         for delivery_id, token in waiting:
@@ -620,10 +709,9 @@ class Dispatcher:
             await self._release_quietly([delivery_id], token)
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
-            for task in pending:
-                task.cancel()
             if pending:
                 logs.warning("drain_grace_expired", unfinished=len(pending))
-                await asyncio.wait(pending, timeout=2.0)
-        if self._writes:
-            await asyncio.wait(set(self._writes), timeout=5.0)
+                for task in pending:
+                    if task not in self._recording:
+                        task.cancel()
+                await asyncio.wait(pending, timeout=FINAL_WRITE_GRACE_S)

@@ -85,28 +85,6 @@ redis.call('LREM', KEYS[1], 1, ARGV[1])
 return 0
 """
 
-FINALIZE = """
--- FINALIZE: a delivery's last write, then release of its claim; nothing if the claim is not ours.
--- KEYS[1] delivery:{id}, KEYS[2] dispatch:processing, KEYS[3] dispatch:processing:claimed_at,
--- KEYS[4] dispatch:processing:claim_owner, KEYS[5] dispatch:retry, KEYS[6] dispatch:failed
--- ARGV[1] id, ARGV[2] claim token, ARGV[3] delivery JSON or '', ARGV[4] retry score ms or '',
--- ARGV[5] quarantine entry JSON or '', ARGV[6] quarantine max length
-if redis.call('HGET', KEYS[4], ARGV[1]) ~= ARGV[2] then return 0 end
-if ARGV[3] ~= '' then
-  -- XX: never recreate a record that expired meanwhile; KEEPTTL: keep the producer's TTL.
-  redis.call('SET', KEYS[1], ARGV[3], 'XX', 'KEEPTTL')
-end
-if ARGV[4] ~= '' then redis.call('ZADD', KEYS[5], ARGV[4], ARGV[1]) end
-if ARGV[5] ~= '' then
-  redis.call('LPUSH', KEYS[6], ARGV[5])
-  redis.call('LTRIM', KEYS[6], 0, tonumber(ARGV[6]) - 1)
-end
-redis.call('LREM', KEYS[2], 1, ARGV[1])
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('HDEL', KEYS[4], ARGV[1])
-return 1
-"""
-
 RELEASE = """
 -- RELEASE: give back claims that were never started: to pending (ARGV[3] = '') or to the retry
 -- ZSET at score ARGV[3] (parking a delivery whose subscription is saturated).
@@ -251,4 +229,57 @@ local n = 0
 for raw, _ in pairs(matched) do n = n + redis.call('LREM', KEYS[1], 0, raw) end
 if n > 0 and ARGV[2] == '1' then redis.call('LPUSH', KEYS[2], ARGV[1]) end
 return n
+"""
+
+FINALIZE_MANY = """
+-- FINALIZE_MANY: FINALIZE for a batch of deliveries in one call (group commit).
+-- KEYS[1] dispatch:processing, KEYS[2] dispatch:processing:claimed_at,
+-- KEYS[3] dispatch:processing:claim_owner, KEYS[4] dispatch:retry, KEYS[5] dispatch:failed,
+-- KEYS[5+i] delivery:{id_i}
+-- ARGV[1] quarantine max length; then 5 values per delivery: id, claim token,
+-- delivery JSON or '', retry score ms or '', quarantine entry JSON or ''
+-- Returns one 1/0 per delivery: 0 when its claim is no longer ours (nothing written).
+local out = {}
+local n = (#ARGV - 1) / 5
+for i = 1, n do
+  local b = 1 + (i - 1) * 5
+  local id, token = ARGV[b + 1], ARGV[b + 2]
+  if redis.call('HGET', KEYS[3], id) ~= token then
+    out[i] = 0
+  else
+    if ARGV[b + 3] ~= '' then
+      -- XX: never recreate a record that expired meanwhile; KEEPTTL: keep the producer's TTL.
+      redis.call('SET', KEYS[5 + i], ARGV[b + 3], 'XX', 'KEEPTTL')
+    end
+    if ARGV[b + 4] ~= '' then redis.call('ZADD', KEYS[4], ARGV[b + 4], id) end
+    if ARGV[b + 5] ~= '' then
+      redis.call('LPUSH', KEYS[5], ARGV[b + 5])
+      redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[1]) - 1)
+    end
+    redis.call('LREM', KEYS[1], 1, id)
+    redis.call('ZREM', KEYS[2], id)
+    redis.call('HDEL', KEYS[3], id)
+    out[i] = 1
+  end
+end
+return out
+"""
+
+CAS_MANY = """
+-- CAS_MANY: CAS for several records in one call; each is replaced only if it still holds what
+-- we read. KEYS[i] webhook:{id_i}; ARGV[2i-1] expected JSON, ARGV[2i] new JSON
+-- Returns per record {'ok'}, {'missing'} or {'conflict', current JSON}.
+local out = {}
+for i = 1, #KEYS do
+  local cur = redis.call('GET', KEYS[i])
+  if not cur then
+    out[i] = {'missing'}
+  elseif cur ~= ARGV[2 * i - 1] then
+    out[i] = {'conflict', cur}
+  else
+    redis.call('SET', KEYS[i], ARGV[2 * i], 'KEEPTTL')
+    out[i] = {'ok'}
+  end
+end
+return out
 """

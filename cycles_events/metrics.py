@@ -89,6 +89,11 @@ class Metrics:
             "Corrupt delivery records moved to dispatch:failed",
             registry=r,
         )
+        self.parked = Counter(
+            "cycles_webhook_dispatch_parked",
+            "Deliveries put back for a moment because their subscription was at its bound",
+            registry=r,
+        )
         self.errors = Counter(
             "cycles_webhook_dispatch_errors",
             "Unexpected errors while handling a delivery (the delivery is retried)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -131,8 +132,13 @@ def parse_instant_ms(value: Any) -> int | None:
 def format_instant(ms: int) -> str:
     """Write epoch ms the way Java's Instant.toString does (fraction only when non-zero)."""
     seconds, millis = divmod(ms, 1000)
-    base = datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    base = _second_text(seconds)
     return f"{base}.{millis:03d}Z" if millis else f"{base}Z"
+
+
+@functools.lru_cache(maxsize=64)
+def _second_text(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def dumps(obj: Any) -> str:

@@ -84,6 +84,17 @@ class Related:
 
 
 @dataclass(frozen=True, slots=True)
+class FinalWrite:
+    """A delivery's last write: its record, a retry to schedule, or a quarantine entry."""
+
+    delivery_id: str
+    token: str
+    record: JsonObject | None = None
+    retry_at_ms: int | None = None
+    quarantine: JsonObject | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class QueueDepths:
     """Sizes of the dispatch queues."""
 
@@ -104,7 +115,8 @@ class Store:
         r = redis
         self._claim = r.register_script(keys.CLAIM)
         self._adopt = r.register_script(keys.ADOPT)
-        self._finalize = r.register_script(keys.FINALIZE)
+        self._finalize_many = r.register_script(keys.FINALIZE_MANY)
+        self._cas_many = r.register_script(keys.CAS_MANY)
         self._release = r.register_script(keys.RELEASE)
         self._heartbeat = r.register_script(keys.HEARTBEAT)
         self._recover = r.register_script(keys.RECOVER)
@@ -163,36 +175,28 @@ class Store:
             secrets=dict(zip(subs, values[n + m :], strict=True)),
         )
 
-    async def finalize(
-        self,
-        delivery_id: str,
-        token: str,
-        *,
-        record: JsonObject | None = None,
-        retry_at_ms: int | None = None,
-        quarantine: JsonObject | None = None,
-        failed_max_len: int = 10_000,
-    ) -> bool:
-        """Write a delivery's outcome and release its claim; False if the claim is not ours."""
-        done = await self._finalize(
-            keys=[
-                keys.delivery(delivery_id),
-                keys.PROCESSING,
-                keys.CLAIMED_AT,
-                keys.CLAIM_OWNER,
-                keys.RETRY,
-                keys.FAILED,
-            ],
-            args=[
-                delivery_id,
-                token,
-                dumps(record) if record is not None else "",
-                retry_at_ms if retry_at_ms is not None else "",
-                dumps(quarantine) if quarantine is not None else "",
-                failed_max_len,
-            ],
+    async def finalize(self, ops: Sequence[FinalWrite], failed_max_len: int) -> list[bool]:
+        """Write deliveries' outcomes and release their claims, in one call.
+
+        Returns, per write, False when the claim is no longer ours (then nothing was written).
+        """
+        if not ops:
+            return []
+        args: list[str | int] = [failed_max_len]
+        for op in ops:
+            args += [
+                op.delivery_id,
+                op.token,
+                dumps(op.record) if op.record is not None else "",
+                op.retry_at_ms if op.retry_at_ms is not None else "",
+                dumps(op.quarantine) if op.quarantine is not None else "",
+            ]
+        done = await self._finalize_many(
+            keys=[keys.PROCESSING, keys.CLAIMED_AT, keys.CLAIM_OWNER, keys.RETRY, keys.FAILED]
+            + [keys.delivery(op.delivery_id) for op in ops],
+            args=args,
         )
-        return int(done) == 1
+        return [int(d) == 1 for d in done]
 
     async def release(
         self, ids: Sequence[str], token: str, *, retry_at_ms: int | None = None
@@ -240,6 +244,22 @@ class Store:
         res = await self._cas(keys=[keys.subscription(subscription_id)], args=[expected, new])
         status = _s(res[0])
         return status, (res[1] if status == "conflict" else None)
+
+    async def cas_subscriptions(
+        self, items: Sequence[tuple[str, str, str]]
+    ) -> list[tuple[str, bytes | None]]:
+        """CAS several subscriptions (id, expected, new) in one call."""
+        if not items:
+            return []
+        res = await self._cas_many(
+            keys=[keys.subscription(sub_id) for sub_id, _, _ in items],
+            args=[v for _, expected, new in items for v in (expected, new)],
+        )
+        out: list[tuple[str, bytes | None]] = []
+        for r in res:
+            status = _s(r[0])
+            out.append((status, _bytes(r[1]) if status == "conflict" else None))
+        return out
 
     async def save_event(self, event: JsonObject, ttl_seconds: int) -> None:
         """Save an event the way the admin server does (idempotent for a given event id)."""

@@ -1,10 +1,10 @@
-"""Atomic partial merges into webhook:{id}: serialized per subscription, coalesced, CAS-written."""
+"""Atomic partial merges into webhook:{id}: batched compare-and-set that never loses a write."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
+from cycles_events.batching import GroupCommit
 from cycles_events.lifecycle import MergeResult, SubscriptionChange, merge_subscription
 from cycles_events.models import JsonObject, RecordError, dumps, loads_object
 from cycles_events.store import Store
@@ -21,18 +21,23 @@ class Applied:
     subscription: JsonObject | None
 
 
+NOT_APPLIED = Applied(MergeResult(), None)
+
+
 class SubscriptionUpdater:
     """Applies delivery outcomes to subscriptions without ever losing a concurrent admin write.
 
-    Each write is a compare-and-set of the whole record (Lua), so a field the admin changed in
-    between is re-read and kept; changes for one subscription queue up and go out together.
+    Each write is a compare-and-set of the whole record in Lua: when the admin changed the
+    record since we read it, the current value comes back, the change is merged into it and
+    written again. Changes queued while a round trip is in flight go out together in the next.
     """
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._queues: dict[str, list[tuple[SubscriptionChange, asyncio.Future[Applied]]]] = {}
         self._known: dict[str, str] = {}
-        self._workers: set[asyncio.Task[None]] = set()
+        self._commit: GroupCommit[tuple[str, SubscriptionChange], Applied] = GroupCommit(
+            "subscriptions", self._write
+        )
 
     def remember(self, subscription_id: str, raw: str) -> None:
         """Note a freshly read record, so the next write can skip a read."""
@@ -41,63 +46,54 @@ class SubscriptionUpdater:
         self._known[subscription_id] = raw
 
     async def apply(self, subscription_id: str, change: SubscriptionChange) -> Applied:
-        """Merge one change; waits until it is written."""
-        fut: asyncio.Future[Applied] = asyncio.get_running_loop().create_future()
-        queue = self._queues.get(subscription_id)
-        if queue is None:
-            self._queues[subscription_id] = [(change, fut)]
-            task = asyncio.create_task(
-                self._drain(subscription_id), name=f"subscription-update:{subscription_id}"
-            )
-            self._workers.add(task)
-            task.add_done_callback(self._workers.discard)
-        else:
-            queue.append((change, fut))
-        return await fut
+        """Merge one change; returns once it is written."""
+        return await self._commit.submit((subscription_id, change))
 
-    async def _drain(self, subscription_id: str) -> None:
-        try:
-            while batch := self._queues.get(subscription_id):
-                self._queues[subscription_id] = []
-                try:
-                    applied = await self._write(subscription_id, [c for c, _ in batch])
-                except BaseException as exc:
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(
-                                exc if isinstance(exc, Exception) else RuntimeError("cancelled")
-                            )
-                    if not isinstance(exc, Exception):
-                        raise
-                    continue
-                for (_, fut), result in zip(batch, applied, strict=True):
-                    if not fut.done():
-                        fut.set_result(result)
-        finally:
-            self._queues.pop(subscription_id, None)
-
-    async def _write(
-        self, subscription_id: str, changes: list[SubscriptionChange]
-    ) -> list[Applied]:
-        expected = self._known.get(subscription_id)
-        if expected is None:
-            raw = await self._store.get_subscription(subscription_id)
+    async def _write(self, batch: list[tuple[str, SubscriptionChange]]) -> list[Applied]:
+        results: list[Applied | None] = [None] * len(batch)
+        by_sub: dict[str, list[int]] = {}
+        for i, (sub_id, _) in enumerate(batch):
+            by_sub.setdefault(sub_id, []).append(i)
+        unknown = [s for s in by_sub if s not in self._known]
+        for sub_id in unknown:
+            raw = await self._store.get_subscription(sub_id)
             if raw is None:
-                return [Applied(MergeResult(), None) for _ in changes]
-            expected = raw.decode("utf-8", "replace")
+                for i in by_sub.pop(sub_id):
+                    results[i] = NOT_APPLIED
+            else:
+                self._known[sub_id] = raw.decode("utf-8", "replace")
         for _ in range(MAX_CAS_ROUNDS):
-            try:
-                doc = loads_object(expected)
-            except RecordError:
-                return [Applied(MergeResult(), None) for _ in changes]
-            results = [merge_subscription(doc, c) for c in changes]
-            new = dumps(doc)
-            status, current = await self._store.cas_subscription(subscription_id, expected, new)
-            if status == "ok":
-                self.remember(subscription_id, new)
-                return [Applied(r, doc) for r in results]
-            if status == "missing" or current is None:
-                self._known.pop(subscription_id, None)
-                return [Applied(MergeResult(), None) for _ in changes]
-            expected = current.decode("utf-8", "replace")
-        raise RuntimeError(f"subscription {subscription_id} kept changing during the update")
+            if not by_sub:
+                break
+            items: list[tuple[str, str, str]] = []
+            merged: dict[str, tuple[JsonObject, list[MergeResult]]] = {}
+            for sub_id, idxs in list(by_sub.items()):
+                expected = self._known[sub_id]
+                try:
+                    doc = loads_object(expected)
+                except RecordError:
+                    for i in by_sub.pop(sub_id):
+                        results[i] = NOT_APPLIED
+                    continue
+                outcomes = [merge_subscription(doc, batch[i][1]) for i in idxs]
+                merged[sub_id] = (doc, outcomes)
+                items.append((sub_id, expected, dumps(doc)))
+            answers = await self._store.cas_subscriptions(items)
+            for (sub_id, _, new), (status, current) in zip(items, answers, strict=True):
+                idxs = by_sub[sub_id]
+                if status == "ok":
+                    doc, outcomes = merged[sub_id]
+                    self._known[sub_id] = new
+                    for i, outcome in zip(idxs, outcomes, strict=True):
+                        results[i] = Applied(outcome, doc)
+                    del by_sub[sub_id]
+                elif status == "missing" or current is None:
+                    self._known.pop(sub_id, None)
+                    for i in idxs:
+                        results[i] = NOT_APPLIED
+                    del by_sub[sub_id]
+                else:
+                    self._known[sub_id] = current.decode("utf-8", "replace")
+        if by_sub:
+            raise RuntimeError(f"subscriptions kept changing during the update: {list(by_sub)}")
+        return [r if r is not None else NOT_APPLIED for r in results]
