@@ -502,7 +502,8 @@ def build_summary(
         f"{len(subs)} subscriptions in {outcome.elapsed_s:.1f} s",
         f"delivered: {by_status['SUCCESS']}  (signatures verified by the receiver: "
         f"{receiver.signatures_ok}/{signed})",
-        f"retried:   {len(retried)} deliveries needed more than one attempt ({retries} retries)",
+        f"retried:   {len(retried)} deliveries needed more than one attempt "
+        f"({retries} retry attempts)",
         f"failed:    {len(failed)}  ({reason_text})",
         f"disabled:  {len(disabled)}  {', '.join(disabled)}".rstrip(),
         "latency push->receipt: "
@@ -644,7 +645,8 @@ async def run_demo(opts: Options, procs: Processes, receiver: DemoReceiver) -> i
             print(summary, flush=True)
             if opts.hold:
                 say("holding: everything stays up until Ctrl-C")
-                await asyncio.Event().wait()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.Event().wait()
         return 0 if outcome.complete else 1
     finally:
         await redis.aclose()
