@@ -1,17 +1,22 @@
-"""A real DNS server on loopback (dnslib over UDP) and an aiohttp resolver that queries it."""
+"""Network doubles: DNS server and resolver on loopback, raw TCP servers, the daemon in-process."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import itertools
+import signal
 import socket
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 from dnslib import AAAA, QTYPE, RCODE, RR, A, DNSRecord
+
+from cycles_events.app import App
+from cycles_events.config import Settings
 
 TTL = 0
 
@@ -265,3 +270,30 @@ class RawServer:
         for writer in list(self._writers):
             writer.transport.abort()
         await asyncio.sleep(0)
+
+
+# --- the whole daemon with a resolver of the test's choosing ---------------------------------
+
+
+@contextlib.asynccontextmanager
+async def running_app(
+    settings: Settings, resolver: AbstractResolver | None = None
+) -> AsyncIterator[App]:
+    """Run the App in this event loop, its sender resolving names through `resolver`."""
+    app = App(settings)
+    if resolver is not None:
+        app.sender.resolver = resolver
+    task = asyncio.create_task(app.run())
+    try:
+        for _ in range(500):
+            if app.tasks.get("dispatcher") is not None or task.done():
+                break
+            await asyncio.sleep(0.01)
+        yield app
+    finally:
+        if not task.done():
+            app.request_stop("test-end")
+        await asyncio.wait_for(task, timeout=30)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

@@ -325,3 +325,19 @@ async def test_tls_checks_the_certificate_against_the_url_host(
     finally:
         await sender.close()
         await runner.cleanup()
+
+
+async def test_user_info_is_basic_auth_unless_a_custom_authorization_header_is_set() -> None:
+    server = await RawServer().start()
+    sender = await new_sender()
+    url = f"http://u:p@127.0.0.1:{server.port}/hook"
+    try:
+        assert (await sender.post(url, b"{}", {})).status == 200
+        custom = await sender.post(url, b"{}", {"Authorization": "Bearer t"})
+        assert (custom.status, custom.error) == (200, None)
+    finally:
+        await sender.close()
+        await server.stop()
+    first, second = server.requests
+    assert b"Authorization: Basic dTpw\r\n" in first and first.startswith(b"POST /hook HTTP/1.1")
+    assert b"Authorization: Bearer t\r\n" in second and b"Basic" not in second

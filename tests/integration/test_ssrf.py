@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import pytest
 from aiohttp.abc import AbstractResolver
 from redis.asyncio import Redis
 
 from cycles_events.app import App
 from cycles_events.sender import Sender
 from cycles_events.urlguard import SecurityPolicy
-from tests.dns_support import DnsResolver, DnsServer, RawServer
+from tests.dns_support import DnsResolver, DnsServer, RawServer, running_app
 from tests.integration.conftest import StartApp, app_settings
 from tests.support import OPEN_SECURITY, Admin, RedisServer
 
@@ -253,36 +250,8 @@ async def test_dns_rebinding_connects_only_to_the_judged_address() -> None:
     dns.stop()
 
 
-StartWithResolver = Callable[[AbstractResolver], Awaitable[App]]
-
-
-@pytest.fixture
-async def start_with_resolver(redis_server: RedisServer) -> AsyncIterator[StartWithResolver]:
-    """Like start_app, with the sender resolving names through the given resolver."""
-    running: list[tuple[App, asyncio.Task[int]]] = []
-
-    async def start(resolver: AbstractResolver) -> App:
-        app = App(app_settings(redis_server))
-        app.sender.resolver = resolver
-        task = asyncio.create_task(app.run())
-        running.append((app, task))
-        for _ in range(500):
-            if app.tasks.get("dispatcher") is not None:
-                break
-            await asyncio.sleep(0.01)
-        return app
-
-    yield start
-    for app, task in running:
-        app.request_stop("test-end")
-        await asyncio.wait_for(task, timeout=30)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.remove_signal_handler(sig)
-
-
 async def test_dns_rebinding_through_the_daemon(
-    start_with_resolver: StartWithResolver, admin: Admin, redis: Redis
+    redis_server: RedisServer, admin: Admin, redis: Redis
 ) -> None:
     await admin.security(REBIND)
     dns = DnsServer()
@@ -290,19 +259,19 @@ async def test_dns_rebinding_through_the_daemon(
     async with rebinding_listeners() as (a, b):
         dns.set("rebind.test", *[["127.0.0.1"], ["127.0.0.2"]] * 3)
         sub = await admin.subscription(f"http://rebind.test:{a.port}/hook")
-        app = await start_with_resolver(DnsResolver(dns.port))
-        deliveries = []
-        for _ in range(6):  # one at a time, so that each send takes the next DNS answer
-            deliveries.append(await admin.deliver(sub))
-            await admin.wait_status(deliveries[-1:], {"SUCCESS", "FAILED"})
-        docs = [await admin.record(d) for d in deliveries]
-        assert [d["status"] for d in docs] == ["SUCCESS", "FAILED"] * 3
-        for doc in docs[1::2]:
-            assert "127.0.0.2" in doc["error_message"] and doc["attempts"] == 0
-        assert dns.count("rebind.test") == 6
-        assert (a.connections, b.connections) == (3, 0)
-        sub_doc = await admin.sub_record(sub)
-        assert sub_doc["consecutive_failures"] == 0 and sub_doc["status"] == "ACTIVE"
-        assert metric(app, "cycles_webhook_delivery_failed_total", reason="ssrf_blocked") == 3
-        assert await redis.zcard("dispatch:retry") == 0
+        async with running_app(app_settings(redis_server), DnsResolver(dns.port)) as app:
+            deliveries = []
+            for _ in range(6):  # one at a time, so that each send takes the next DNS answer
+                deliveries.append(await admin.deliver(sub))
+                await admin.wait_status(deliveries[-1:], {"SUCCESS", "FAILED"})
+            docs = [await admin.record(d) for d in deliveries]
+            assert [d["status"] for d in docs] == ["SUCCESS", "FAILED"] * 3
+            for doc in docs[1::2]:
+                assert "127.0.0.2" in doc["error_message"] and doc["attempts"] == 0
+            assert dns.count("rebind.test") == 6
+            assert (a.connections, b.connections) == (3, 0)
+            sub_doc = await admin.sub_record(sub)
+            assert sub_doc["consecutive_failures"] == 0 and sub_doc["status"] == "ACTIVE"
+            assert metric(app, "cycles_webhook_delivery_failed_total", reason="ssrf_blocked") == 3
+            assert await redis.zcard("dispatch:retry") == 0
     dns.stop()
