@@ -211,12 +211,12 @@ class Dispatcher:
             token = self._token()
             try:
                 ids, dups = await self.store.claim(min(free, CLAIM_BATCH), token, self.clock())
-                if not ids and not dups:
-                    one = await self.store.claim_blocking(self.opt.pending_timeout_s, token)
-                    ids = [one] if one else []
                 self.redis_state.ok()
                 self.consuming = True
                 backoff = 0.1
+                if not ids and not dups:
+                    one = await self.store.claim_blocking(self.opt.pending_timeout_s, token)
+                    ids = [one] if one else []
             except UNAVAILABLE as exc:
                 self._redis_failed(exc)
                 self.consuming = False

@@ -15,6 +15,13 @@ from cycles_events import ARTIFACT, __version__
 from cycles_events.metrics import Metrics
 
 PING_TIMEOUT_S = 2.0
+PATHS = (
+    "/actuator/health",
+    "/actuator/health/liveness",
+    "/actuator/health/readiness",
+    "/actuator/info",
+    "/actuator/prometheus",
+)
 
 
 @dataclass
@@ -58,11 +65,9 @@ class ManagementServer:
         self.build_time = build_time
         self._runner: web.AppRunner | None = None
         app = web.Application(middlewares=[self._only_get])
-        app.router.add_get("/actuator/health", self._health)
-        app.router.add_get("/actuator/health/liveness", self._liveness)
-        app.router.add_get("/actuator/health/readiness", self._readiness)
-        app.router.add_get("/actuator/info", self._info)
-        app.router.add_get("/actuator/prometheus", self._prometheus)
+        handlers = (self._health, self._liveness, self._readiness, self._info, self._prometheus)
+        for path, handler in zip(PATHS, handlers, strict=True):
+            app.router.add_get(path, handler)
         self.app = app
 
     @web.middleware
@@ -70,8 +75,9 @@ class ManagementServer:
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         if request.method not in ("GET", "HEAD"):
-            known = request.match_info.route.resource is not None
-            return web.Response(status=405 if known else 404, headers={"Allow": "GET, HEAD"})
+            if request.path in PATHS:
+                return web.Response(status=405, headers={"Allow": "GET, HEAD"})
+            return web.Response(status=404)
         return await handler(request)
 
     async def start(self) -> None:
