@@ -44,7 +44,7 @@ def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     if not ordered:
         return float("nan")
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def wait_http(url: str, timeout: float = 20) -> None:
@@ -279,13 +279,20 @@ def main() -> None:
         f"  dispatch  Redis -> sign -> POST      {figures['dispatch_per_s']:>9.1f} deliveries/s"
         f"  = {figures['ratio_to_raw']:.2f} x raw"
     )
+    f = figures
+    p50, p99 = f["added_latency_p50_ms"], f["added_latency_p99_ms"]
     print(
-        f"  latency   push -> receipt at {figures['paced_rate_per_s']:.0f}/s   "
-        f"p50 {figures['added_latency_p50_ms']:.1f} ms   p99 {figures['added_latency_p99_ms']:.1f} ms"
+        f"  latency   push -> receipt at {f['paced_rate_per_s']:.0f}/s   "
+        f"p50 {p50:.1f} ms   p99 {p99:.1f} ms"
+    )
+    r50, r99, rmax = (
+        f["retry_lateness_p50_ms"],
+        f["retry_lateness_p99_ms"],
+        f["retry_lateness_max_ms"],
     )
     print(
-        f"  retries   lateness after due time    p50 {figures['retry_lateness_p50_ms']:.1f} ms   "
-        f"p99 {figures['retry_lateness_p99_ms']:.1f} ms   max {figures['retry_lateness_max_ms']:.1f} ms"
+        f"  retries   lateness after due time    p50 {r50:.1f} ms   p99 {r99:.1f} ms   "
+        f"max {rmax:.1f} ms"
     )
     print(
         f"  ({figures['deliveries']} deliveries, concurrency {figures['concurrency']}, "

@@ -176,6 +176,7 @@ class Dispatcher:
         # Claims waiting for a busy subscription: bounded per subscription and in all, so that a
         # saturated subscription's overflow is parked while the others keep flowing.
         self._waiting_cap = options.concurrency
+        self._low_water = max(1, min(CLAIM_BATCH // 2, options.concurrency // 4))
         self._progress: dict[str, float] = {}  # subscription -> last send start or completion
         self._tasks: set[asyncio.Task[None]] = set()
         self._recording: set[asyncio.Task[Any]] = set()  # sends whose final write is under way
@@ -198,11 +199,11 @@ class Dispatcher:
         """Claim and dispatch until `stop_claiming` is called (or the task is cancelled)."""
         backoff = 0.1
         while self.accepting:
-            free = min(
-                self.opt.concurrency - self.active,
-                self._waiting_cap - self._waiting_total,
-            )
-            if free <= 0:
+            # Claimed deliveries wait (prefetched) for their subscription's next free slot; when
+            # busy, claim only once a batch's worth of room is free, so each claim and its two
+            # loads serve many deliveries rather than one.
+            free = (self.opt.concurrency - self.active) + (self._waiting_cap - self._waiting_total)
+            if free < self._low_water:
                 self._park_stuck_overflow()
                 self._capacity.clear()
                 with contextlib.suppress(TimeoutError):
