@@ -339,10 +339,7 @@ class Dispatcher:
             event = loads_object(ev_raw) if ev_raw is not None else None
         except RecordError:
             event = None
-        try:
-            sub = loads_object(sub_raw) if sub_raw is not None else None
-        except RecordError:
-            sub = None
+        sub = self._parsed_subscription(sub_raw, related)
         tenant = text(sub or {}, "tenant_id") or text(event or {}, "tenant_id")
 
         if d.attempted_at_ms is not None and now - d.attempted_at_ms > self.opt.max_age_ms:
@@ -411,6 +408,19 @@ class Dispatcher:
                 return None
         assert ev_raw is not None
         return Job(d, token, ev_raw, event, sub, secret, url.strip(), tenant)
+
+    @staticmethod
+    def _parsed_subscription(raw: bytes | None, related: Related) -> JsonObject | None:
+        """Parse a subscription record once per batch (many deliveries share one)."""
+        if raw is None:
+            return None
+        cache = related.parsed
+        if raw not in cache:
+            try:
+                cache[raw] = loads_object(raw)
+            except RecordError:
+                cache[raw] = None
+        return cache[raw]
 
     def _decrypt(self, subscription_id: str, stored: bytes) -> str:
         """Decrypt a stored secret, remembering the result for the same stored value."""
@@ -566,7 +576,7 @@ class Dispatcher:
                 )
             )
             await self._final(d.delivery_id, job.token, record=record)
-            logs.info(
+            logs.debug(
                 "delivery_succeeded",
                 delivery_id=d.delivery_id,
                 status=result.status,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
@@ -81,6 +81,7 @@ class Related:
     events: dict[str, bytes | None]
     subscriptions: dict[str, bytes | None]
     secrets: dict[str, bytes | None]
+    parsed: dict[bytes, JsonObject | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
