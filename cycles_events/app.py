@@ -9,7 +9,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
@@ -27,7 +27,7 @@ from cycles_events.maintenance import (
 from cycles_events.management import HealthSources, ManagementServer
 from cycles_events.metrics import Metrics
 from cycles_events.sender import Sender
-from cycles_events.store import RedisState, Store
+from cycles_events.store import PackedConnection, PackedSSLConnection, RedisState, Store
 
 COMMAND_TIMEOUT_S = 5.0
 
@@ -43,10 +43,21 @@ def redis_client(settings: Settings, *, socket_timeout: float | None = COMMAND_T
         "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     }
     url = settings.redis_url.get_secret_value()
+    if url.startswith("rediss://"):
+        return Redis.from_url(url, connection_class=PackedSSLConnection, **common)
+    if url.startswith("redis://"):
+        return Redis.from_url(url, connection_class=PackedConnection, **common)
     if url:
         return Redis.from_url(url, **common)
     password = settings.redis_password.get_secret_value() or None
-    return Redis(host=settings.redis_host, port=settings.redis_port, password=password, **common)
+    pool = ConnectionPool(
+        connection_class=PackedConnection,
+        host=settings.redis_host,
+        port=settings.redis_port,
+        password=password,
+        **common,
+    )
+    return Redis(connection_pool=pool)
 
 
 class App:

@@ -4,16 +4,50 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import hiredis
 from redis.asyncio import Redis
+from redis.asyncio.connection import Connection, SSLConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cycles_events import keys, logs
 from cycles_events.models import JsonObject, dumps, parse_instant_ms, text
+
+
+def _pack(args: tuple[Any, ...]) -> bytes:
+    if isinstance(args[0], str) and " " in args[0]:  # 'CLIENT SETINFO' and the like
+        args = (*args[0].split(), *args[1:])
+    packed: bytes = hiredis.pack_command(args)
+    return packed
+
+
+class _HiredisPacking:
+    """Packs commands with hiredis's C packer, which redis-py's asyncio connections do not use.
+
+    With batched scripts of several arguments per delivery, the pure-Python packer was the
+    largest single CPU cost of a delivery.
+    """
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        """One command in the Redis protocol."""
+        return [_pack(args)]
+
+    def pack_commands(self, commands: Iterable[Iterable[Any]]) -> list[bytes]:
+        """Several commands (a pipeline) in the Redis protocol."""
+        return [b"".join(_pack(tuple(c)) for c in commands)]
+
+
+class PackedConnection(_HiredisPacking, Connection):
+    """A TCP connection using the C packer."""
+
+
+class PackedSSLConnection(_HiredisPacking, SSLConnection):
+    """A TLS connection using the C packer."""
+
 
 # Errors that mean "Redis is unreachable right now", as opposed to a bad command.
 UNAVAILABLE: tuple[type[BaseException], ...] = (
