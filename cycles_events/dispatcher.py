@@ -86,9 +86,6 @@ class Job:
     tenant: str | None
 
 
-_UNCHECKED = "\x00unchecked"
-
-
 class PolicySource:
     """Holds the current URL policy, refreshed from config:webhook-security by maintenance."""
 
@@ -98,8 +95,6 @@ class PolicySource:
         self.error: str | None = None
         self.raw: bytes | None = None
         self.loaded = False
-        self._checked_for: SecurityPolicy | None = None
-        self._verdicts: dict[str, str | None] = {}
 
     def update(self, raw: bytes | None) -> None:
         """Parse a newly read config; a bad one keeps the last good policy and sets `error`."""
@@ -120,23 +115,8 @@ class PolicySource:
         return self.policy
 
     def check(self, url: str) -> None:
-        """check_url under the current policy, remembering verdicts until the policy changes."""
-        policy = self.policy
-        if policy is not self._checked_for:
-            self._verdicts.clear()
-            self._checked_for = policy
-        verdict = self._verdicts.get(url, _UNCHECKED)
-        if verdict is _UNCHECKED:
-            try:
-                policy.check_url(url)
-                verdict = None
-            except UrlBlocked as exc:
-                verdict = str(exc)
-            if len(self._verdicts) >= MAX_CACHED_SECRETS:
-                self._verdicts.clear()
-            self._verdicts[url] = verdict
-        if verdict is not None:
-            raise UrlBlocked(verdict)
+        """check_url under the current policy (which remembers its verdicts)."""
+        self.policy.check_url(url)
 
 
 class Dispatcher:

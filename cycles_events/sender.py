@@ -192,10 +192,10 @@ class Sender:
             return SendResult(None, _ms(started), blocked=str(exc))
         pool = self._current(policy)
         url_to_send = target.url
-        if url_to_send.raw_user is not None or url_to_send.raw_password is not None:
-            # user-info becomes Basic auth, unless a custom Authorization header says otherwise
-            if any(name.lower() == "authorization" for name in headers):
-                url_to_send = url_to_send.with_user(None)
+        has_userinfo = url_to_send.raw_user is not None or url_to_send.raw_password is not None
+        # user-info becomes Basic auth, unless a custom Authorization header says otherwise
+        if has_userinfo and any(name.lower() == "authorization" for name in headers):
+            url_to_send = url_to_send.with_user(None)
         pool.in_flight += 1
         try:
             async with pool.session.post(

@@ -54,6 +54,9 @@ _HEX = re.compile(r"0[xX][0-9a-fA-F]+")
 _BAD_CATEGORIES = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf", "Cs", "Co"})
 
 
+MAX_VERDICTS = 10_000
+
+
 class UrlBlocked(OSError):
     """A URL or an address it resolves to is not allowed; the message never holds user-info."""
 
@@ -88,6 +91,8 @@ class SecurityPolicy:
     blocked: tuple[IPNetwork, ...] = field(default_factory=lambda: _networks(DEFAULT_BLOCKED))
     enforce_baseline: bool = True
     _patterns: tuple[re.Pattern[str], ...] = field(default=(), compare=False, repr=False)
+    # verdicts of check_url by URL: a policy never changes, and judging a URL is costly
+    _verdicts: dict[str, Target | str] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(
@@ -165,6 +170,21 @@ class SecurityPolicy:
 
     def check_url(self, url: str) -> Target:
         """Judge a URL before any connection: scheme, host, port, patterns and IP literals."""
+        verdict = self._verdicts.get(url) if isinstance(url, str) else None
+        if verdict is None:
+            try:
+                verdict = self._judge_url(url)
+            except UrlBlocked as exc:
+                verdict = str(exc)
+            if isinstance(url, str):
+                if len(self._verdicts) >= MAX_VERDICTS:
+                    self._verdicts.clear()
+                self._verdicts[url] = verdict
+        if isinstance(verdict, str):
+            raise UrlBlocked(verdict)
+        return verdict
+
+    def _judge_url(self, url: str) -> Target:
         raw = url.strip() if isinstance(url, str) else ""
         if not raw:
             raise UrlBlocked("URL blocked: no URL")
