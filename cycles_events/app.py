@@ -96,7 +96,6 @@ class App:
                 event_ttl_s=settings.event_ttl_days * 86400,
                 failed_max_len=settings.failed_max_len,
                 encryption_key=settings.encryption_key,
-                http_timeout_s=settings.http_timeout_seconds,
             ),
             redis_state=self.redis_state,
             on_retry_scheduled=self.promoter.notify,

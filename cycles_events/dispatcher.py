@@ -69,7 +69,6 @@ class DispatchOptions:
     event_ttl_s: int = 90 * 86400
     failed_max_len: int = 10_000
     encryption_key: bytes | None = None
-    http_timeout_s: float = 30.0
 
 
 @dataclass(slots=True)
@@ -113,10 +112,6 @@ class PolicySource:
     def current(self) -> SecurityPolicy:
         """The policy in force."""
         return self.policy
-
-    def check(self, url: str) -> None:
-        """check_url under the current policy (which remembers its verdicts)."""
-        self.policy.check_url(url)
 
 
 class Dispatcher:
@@ -255,29 +250,44 @@ class Dispatcher:
     # --- loading and deciding -------------------------------------------------------------
 
     async def _handle(self, ids: list[str], token: str) -> None:
-        """Load a claimed batch and take each delivery as far as a send or a final write."""
+        """Load a claimed batch and take each delivery as far as a send or a final write.
+
+        An unexpected error affects only the deliveries not yet handed on: each is retried.
+        """
         try:
-            raws = await self._redis(lambda: self.store.load_deliveries(ids))
             parsed: list[Delivery] = []
+            try:
+                raws = await self._redis(lambda: self.store.load_deliveries(ids))
+            except Exception as exc:
+                await self._unexpected(ids, token, exc)
+                return
             for delivery_id, raw in zip(ids, raws, strict=True):
-                d = await self._screen(delivery_id, raw, token)
+                try:
+                    d = await self._screen(delivery_id, raw, token)
+                except Exception as exc:
+                    await self._unexpected([delivery_id], token, exc)
+                    continue
                 if d is not None:
                     parsed.append(d)
             if not parsed:
                 return
-            related = await self._redis(
-                lambda: self.store.load_related(
-                    [d.event_id for d in parsed], [d.subscription_id for d in parsed]
+            try:
+                related = await self._redis(
+                    lambda: self.store.load_related(
+                        [d.event_id for d in parsed], [d.subscription_id for d in parsed]
+                    )
                 )
-            )
+            except Exception as exc:
+                await self._unexpected([d.delivery_id for d in parsed], token, exc)
+                return
             for d in parsed:
-                job = await self._prepare(d, token, related)
+                try:
+                    job = await self._prepare(d, token, related)
+                except Exception as exc:
+                    await self._unexpected([d.delivery_id], token, exc)
+                    continue
                 if job is not None:
                     self._gate(job)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            await self._unexpected(ids, token, exc)
         finally:
             self._finished(len(ids))
 
@@ -372,7 +382,7 @@ class Dispatcher:
             await self._release(d.delivery_id, token, self.clock() + ERROR_RETRY_DELAY_MS)
             return None
         try:
-            self.policy.check(url)
+            self.policy.current().check_url(url)
         except UrlBlocked as exc:
             await self._fail_upstream(d, token, tenant, "ssrf_blocked", str(exc))
             return None
