@@ -42,8 +42,9 @@ def free_port() -> int:
 class RedisServer:
     """A throwaway redis-server on a free port in a temporary directory."""
 
-    def __init__(self, *, persistent: bool = False) -> None:
+    def __init__(self, *, persistent: bool = False, password: str | None = None) -> None:
         self.persistent = persistent
+        self.password = password
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="cycles-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -74,6 +75,7 @@ class RedisServer:
                     if self.persistent
                     else ["--appendonly", "no"]
                 ),
+                *(["--requirepass", self.password] if self.password else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -82,8 +84,9 @@ class RedisServer:
         while time.monotonic() < deadline:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
+                    auth = f"AUTH {self.password}\r\n".encode() if self.password else b""
+                    s.sendall(auth + b"PING\r\n")
+                    if b"PONG" in s.recv(64):
                         return
             except OSError:
                 time.sleep(0.05)

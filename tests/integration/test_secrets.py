@@ -7,9 +7,6 @@ import base64
 import io
 import logging
 import os
-import shutil
-import socket
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -39,53 +36,16 @@ FAST_FAIL = {
 }
 
 
-class PasswordRedis(RedisServer):
-    """A redis-server that requires a password."""
-
-    def start(self) -> None:
-        exe = shutil.which("redis-server")
-        assert exe is not None
-        self.proc = subprocess.Popen(
-            [
-                exe,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                self.dir,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--requirepass",
-                REDIS_PASSWORD,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(f"AUTH {REDIS_PASSWORD}\r\nPING\r\n".encode())
-                    if b"PONG" in s.recv(64):
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-
 @pytest.fixture
-def password_redis() -> Iterator[PasswordRedis]:
-    server = PasswordRedis()
+def password_redis() -> Iterator[RedisServer]:
+    server = RedisServer(password=REDIS_PASSWORD)
     server.start()
     yield server
     server.cleanup()
 
 
 @pytest.fixture
-async def pw_admin(password_redis: PasswordRedis) -> AsyncIterator[Admin]:
+async def pw_admin(password_redis: RedisServer) -> AsyncIterator[Admin]:
     client = Redis(host="127.0.0.1", port=password_redis.port, password=REDIS_PASSWORD)
     yield Admin(client)
     await client.aclose()
@@ -125,7 +85,7 @@ async def dns() -> AsyncIterator[DnsServer]:
 async def test_no_secret_reaches_logs_records_metrics_or_the_quarantine(
     dns: DnsServer,
     pw_admin: Admin,
-    password_redis: PasswordRedis,
+    password_redis: RedisServer,
     receiver: Receiver,
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
