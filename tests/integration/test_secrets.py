@@ -75,6 +75,20 @@ async def dump_redis(redis: Redis, skip: set[bytes]) -> bytes:
 
 
 @pytest.fixture
+def json_logs(caplog: pytest.LogCaptureFixture) -> Iterator[io.StringIO]:
+    """The service's JSON log lines, and its records in caplog, for this test only."""
+    stream = io.StringIO()
+    logger = logging.getLogger(logs.LOGGER_NAME)
+    handlers, level = list(logger.handlers), logger.level
+    logs.configure("DEBUG", stream=stream)
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.DEBUG, logger=logs.LOGGER_NAME)
+    yield stream
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+
+
+@pytest.fixture
 async def dns() -> AsyncIterator[DnsServer]:
     server = DnsServer()
     await server.start()
@@ -89,6 +103,7 @@ async def test_no_secret_reaches_logs_records_metrics_or_the_quarantine(
     receiver: Receiver,
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
+    json_logs: io.StringIO,
 ) -> None:
     admin = pw_admin
     receiver.behaviours["/bad"] = status(400)
@@ -141,10 +156,7 @@ async def test_no_secret_reaches_logs_records_metrics_or_the_quarantine(
     await admin.redis.set("delivery:del_0000000000c0ffee", b'{"subscription_id": ' + b"\x00")
     await admin.redis.lpush("dispatch:pending", "del_0000000000c0ffee")
 
-    stream = io.StringIO()
-    logs.configure("DEBUG", stream=stream)
-    logging.getLogger(logs.LOGGER_NAME).addHandler(caplog.handler)
-    caplog.set_level(logging.DEBUG, logger=logs.LOGGER_NAME)
+    stream = json_logs
     settings = app_settings(
         password_redis,
         REDIS_URL="",
