@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
+import re
 import socket
 from typing import Any
 
@@ -18,6 +19,7 @@ from cycles_events.urlguard import (
     SecurityPolicy,
     Target,
     UrlBlocked,
+    glob_match,
     parse_ip,
 )
 
@@ -227,3 +229,10 @@ def test_security_config_parse_only_ever_raises_config_error(raw: bytes, url: st
     except UrlBlocked:
         return
     _assert_judged(policy, target)
+
+
+@FAST
+@given(st.text(alphabet="ab*.", max_size=8), st.text(alphabet="ab.", max_size=12))
+def test_glob_match_is_the_contract_glob(pattern: str, text: str) -> None:
+    regex = ".*".join(re.escape(part) for part in pattern.split("*"))
+    assert glob_match(pattern, text) == bool(re.fullmatch(regex, text, re.S))

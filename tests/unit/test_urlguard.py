@@ -11,6 +11,7 @@ from cycles_events.urlguard import (
     SecurityPolicy,
     UrlBlocked,
     canonical,
+    glob_match,
     parse_ip,
     redact_url,
 )
@@ -346,3 +347,11 @@ def test_redact_url_drops_user_info_query_and_fragment() -> None:
         "https://hooks.example.com:8443/p"
     )
     assert redact_url("http://[::1]:99999/") == "(invalid URL)"
+
+
+def test_a_pattern_with_many_stars_against_a_long_url_is_linear_work() -> None:
+    # as a regular expression this pattern backtracks exponentially on this URL
+    policy = guarded(allowed_url_patterns=["https://*a*a*a*a*a*a*a*a*a*a*a*a*b"])
+    with pytest.raises(UrlBlocked, match="allowed_url_patterns"):
+        policy.check_url("https://hooks.example.com/" + "a" * 5000)
+    assert glob_match("https://*a*b", "https://x/" + "a" * 5000 + "b")
