@@ -41,6 +41,8 @@ def redis_client(settings: Settings, *, socket_timeout: float | None = COMMAND_T
         # One immediate retry on a fresh connection absorbs connections that died while Redis
         # restarted; a real outage still fails at once and is handled by the loops.
         "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        # ids are str in our code; whatever bytes a producer pushed must survive the round trip
+        "encoding_errors": "surrogateescape",
     }
     url = settings.redis_url.get_secret_value()
     if url.startswith("rediss://"):

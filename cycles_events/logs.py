@@ -25,7 +25,7 @@ class JsonFormatter(logging.Formatter):
         line.update((k, v) for k, v in fields.items() if k != "action")
         if record.exc_info and record.exc_info[0] is not None:
             line["exception"] = record.exc_info[0].__name__
-        return json.dumps(line, default=str, ensure_ascii=False)
+        return json.dumps(line, default=str)
 
 
 def configure(level: str = "INFO", stream: TextIO | None = None) -> None:

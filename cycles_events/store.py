@@ -21,7 +21,13 @@ from cycles_events.models import JsonObject, dumps, parse_instant_ms, text
 def _pack(args: tuple[Any, ...]) -> bytes:
     if isinstance(args[0], str) and " " in args[0]:  # 'CLIENT SETINFO' and the like
         args = (*args[0].split(), *args[1:])
-    packed: bytes = hiredis.pack_command(args)
+    try:
+        packed: bytes = hiredis.pack_command(args)
+    except UnicodeEncodeError:  # an id that was not UTF-8 on the way in goes back as it came
+        raw: Any = tuple(
+            a.encode("utf-8", "surrogateescape") if isinstance(a, str) else a for a in args
+        )
+        packed = hiredis.pack_command(raw)
     return packed
 
 
@@ -70,7 +76,8 @@ def _bytes_list(values: Any) -> list[bytes | None]:
 
 
 def _s(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    # surrogateescape: an id that is not UTF-8 still encodes back to the very same bytes
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
 
 
 class RedisState:

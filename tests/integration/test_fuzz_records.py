@@ -382,11 +382,6 @@ async def test_hostile_security_configs(harness: Harness, raw: bytes) -> None:
     await harness.app.security.step()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: store decodes claimed ids with errors='replace', so a non-UTF-8 entry "
-    "of dispatch:pending is never acked and cycles through recovery forever",
-)
 async def test_non_utf8_queue_entries_end(harness: Harness) -> None:
     await harness.redis.lpush("dispatch:pending", b"\x80del")
     for _ in range(300):

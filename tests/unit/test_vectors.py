@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 
 from cycles_events.config import decode_encryption_key
@@ -13,7 +10,6 @@ from cycles_events.models import format_instant, parse_instant_ms
 from cycles_events.retry import RetryPolicy, classify, parse_retry_after_ms, status_family
 from cycles_events.signing import sign, verify
 
-EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "spec" / "examples"
 KEY = bytes(range(32))
 
 
@@ -22,8 +18,29 @@ def test_signature_of_known_secret_and_body() -> None:
     assert sign("whsec_test", b'{"a":1}') == expected
 
 
+# shared/spec/examples/signing.json of the contract, copied so the test stands on its own
+CONTRACT_VECTOR = {
+    "WEBHOOK_SECRET_ENCRYPTION_KEY": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+    "stored_secret": (
+        "enc:ZGVmZ2hpamtsbW5vP3OtAxq2HPMMAQ6R4gk8n3GxUnvTA8MA9+DNA8zG"
+        "/3zhpzf5KFquYrqaNFyvNpO5XhBUKVjMdlDeO+osIpXwFhk="
+    ),
+    "decrypted_secret": "whsec_Jm2cQy8lVb3sTqXo0rP1aK7eZ4uNw9dH5fGiLcRtYvE",
+    "body": (
+        '{"event_id":"evt_3f9a1c0d5e7b2a64","event_type":"budget.exhausted","category":"b'
+        'udget","timestamp":"2026-11-22T08:15:30.123Z","tenant_id":"acme","scope":"tenant'
+        ':acme/workspace:prod","actor":{"type":"api_key","key_id":"key_51c2","source_ip":'
+        '"203.0.113.7"},"source":"cycles-server","data":{"scope":"tenant:acme/workspace:p'
+        'rod","unit":"USD_MICROCENTS","allocated":500000000,"spent":500000000,"remaining"'
+        ':0},"correlation_id":"req_7d1e","request_id":"req_7d1e","trace_id":"4bf92f3577b3'
+        '4da6a3ce929d0e0e4736"}'
+    ),
+    "X-Cycles-Signature": "sha256=b5677845450faedbb5078e6d3f3c51105cb497c1677e465aca3028e22f66371a",
+}
+
+
 def test_contract_signing_vector() -> None:
-    vector = json.loads((EXAMPLES / "signing.json").read_text())
+    vector = CONTRACT_VECTOR
     key = decode_encryption_key(vector["WEBHOOK_SECRET_ENCRYPTION_KEY"])
     secret = decrypt_secret(vector["stored_secret"], key)
     assert secret == vector["decrypted_secret"]
