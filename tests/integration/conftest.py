@@ -40,8 +40,8 @@ async def start_app(redis_server: RedisServer) -> AsyncIterator[StartApp]:
         app = App(app_settings(redis_server, **overrides))
         task = asyncio.create_task(app.run())
         running.append((app, task))
-        for _ in range(200):
-            if app.tasks.get("dispatcher") is not None:
+        for _ in range(500):  # until the claimer has talked to Redis: the app is ready
+            if app.dispatcher.consuming:
                 break
             await asyncio.sleep(0.01)
         return app
