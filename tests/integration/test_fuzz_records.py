@@ -385,8 +385,16 @@ async def test_hostile_security_configs(harness: Harness, raw: bytes) -> None:
 
 async def test_non_utf8_queue_entries_end(harness: Harness) -> None:
     await harness.redis.lpush("dispatch:pending", b"\x80del")
-    for _ in range(300):
-        if await harness.redis.llen("dispatch:pending") == 0 and harness.app.dispatcher.active == 0:
+
+    async def acked() -> bool:
+        return (
+            await harness.redis.llen("dispatch:pending") == 0
+            and await harness.redis.lpos("dispatch:processing", b"\x80del") is None
+            and not await harness.redis.hexists("dispatch:processing:claim_owner", b"\x80del")
+        )
+
+    for _ in range(500):
+        if await acked():
             break
         await asyncio.sleep(0.01)
-    assert await harness.redis.lpos("dispatch:processing", b"\x80del") is None
+    assert await acked()
