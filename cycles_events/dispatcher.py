@@ -41,6 +41,8 @@ from cycles_events.subscriptions import SubscriptionUpdater
 from cycles_events.urlguard import SecurityConfigError, SecurityPolicy, UrlBlocked, redact_url
 
 T = TypeVar("T")
+# a final write, and the subscription success merge that goes with it
+Outcome = tuple[FinalWrite, tuple[str, SubscriptionChange] | None]
 
 CLAIM_BATCH = 32
 RETRY_TOLERANCE_MS = 250
@@ -138,9 +140,9 @@ class Dispatcher:
         self.clock = clock
         self.on_retry_scheduled = on_retry_scheduled or (lambda _ms: None)
         self.subscriptions = SubscriptionUpdater(store)
-        self._finalizer: GroupCommit[FinalWrite, bool] = GroupCommit(
-            "finalize", lambda ops: store.finalize(ops, options.failed_max_len)
-        )
+        # One group commit for every final write: queued outcomes go out together, a batch's
+        # subscription success merges first (CAS), then its delivery writes and claim releases.
+        self._commit: GroupCommit[Outcome, bool] = GroupCommit("record", self._write_outcomes)
         self.instance = secrets.token_hex(6)
         self._seq = itertools.count()
         self.held: dict[str, str] = {}  # delivery id -> claim token, for every claim we own
@@ -560,12 +562,14 @@ class Dispatcher:
             record = lifecycle.succeeded(
                 d, now, attempts=attempts, status=result.status, elapsed_ms=result.elapsed_ms
             )
-            await self._redis(
-                lambda: self.subscriptions.apply(
-                    d.subscription_id, SubscriptionChange(True, now, d.delivery_id)
-                )
+            change = SubscriptionChange(True, now, d.delivery_id)
+            await self._final(
+                d.delivery_id,
+                job.token,
+                record=record,
+                success=change,
+                success_of=d.subscription_id,
             )
-            await self._final(d.delivery_id, job.token, record=record)
             logs.debug(
                 "delivery_succeeded",
                 delivery_id=d.delivery_id,
@@ -652,12 +656,24 @@ class Dispatcher:
         record: JsonObject | None = None,
         retry_at_ms: int | None = None,
         quarantine: JsonObject | None = None,
+        success: SubscriptionChange | None = None,
+        success_of: str | None = None,
     ) -> None:
+        """The delivery's last write, with its subscription's success merge when it has one."""
         write = FinalWrite(delivery_id, token, record, retry_at_ms, quarantine)
-        owned = await self._redis(lambda: self._finalizer.submit(write))
+        change = (success_of, success) if success is not None and success_of else None
+        owned = await self._redis(lambda: self._commit.submit((write, change)))
         self.held.pop(delivery_id, None)
         if not owned:
             logs.warning("claim_lost", delivery_id=delivery_id)
+
+    async def _write_outcomes(self, batch: list[Outcome]) -> list[bool]:
+        # Success merges are idempotent (counter 0, timestamps), so a batch retried after a
+        # Redis error may apply them twice without harm; terminal failures never come this way.
+        changes = [change for _, change in batch if change is not None]
+        if changes:
+            await self.subscriptions.write(changes)
+        return await self.store.finalize([write for write, _ in batch], self.opt.failed_max_len)
 
     async def _release(self, delivery_id: str, token: str, retry_at_ms: int | None) -> None:
         await self._redis(lambda: self.store.release([delivery_id], token, retry_at_ms=retry_at_ms))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -14,6 +16,7 @@ from prometheus_client import (
 )
 
 UNKNOWN = "UNKNOWN"
+MAX_CHILDREN = 100_000
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -26,6 +29,7 @@ class Metrics:
 
     def __init__(self, *, tenant_tag: bool, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.tenant_tag = tenant_tag
         t: tuple[str, ...] = ("tenant",) if tenant_tag else ()
         r = self.registry
@@ -140,39 +144,49 @@ class Metrics:
     def _t(self, tenant: str | None) -> tuple[str, ...]:
         return (_tag(tenant),) if self.tenant_tag else ()
 
+    def _child(self, metric: Counter | Histogram, *values: str) -> Any:
+        """A labelled child, remembered: labels() takes a lock and builds a key every time."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            if len(self._children) >= MAX_CHILDREN:
+                self._children.clear()
+            child = self._children[key] = metric.labels(*values)
+        return child
+
     def attempt(self, tenant: str | None, event_type: str | None) -> None:
         """Count an HTTP send."""
-        self.attempts.labels(*self._t(tenant), _tag(event_type)).inc()
+        self._child(self.attempts, *self._t(tenant), _tag(event_type)).inc()
 
     def succeeded(self, tenant: str | None, event_type: str | None, family: str) -> None:
         """Count a successful delivery."""
-        self.success.labels(*self._t(tenant), _tag(event_type), family).inc()
+        self._child(self.success, *self._t(tenant), _tag(event_type), family).inc()
 
     def failure(self, tenant: str | None, event_type: str | None, reason: str) -> None:
         """Count a delivery that ended FAILED."""
-        self.failed.labels(*self._t(tenant), _tag(event_type), reason).inc()
+        self._child(self.failed, *self._t(tenant), _tag(event_type), reason).inc()
 
     def retry(self, tenant: str | None, event_type: str | None) -> None:
         """Count a scheduled retry."""
-        self.retried.labels(*self._t(tenant), _tag(event_type)).inc()
+        self._child(self.retried, *self._t(tenant), _tag(event_type)).inc()
 
     def stale_delivery(self, tenant: str | None) -> None:
         """Count a stale delivery."""
-        self.stale.labels(*self._t(tenant)).inc()
+        self._child(self.stale, *self._t(tenant)).inc()
 
     def disabled(self, tenant: str | None, reason: str) -> None:
         """Count an auto-disabled subscription."""
-        self.auto_disabled.labels(*self._t(tenant), reason).inc()
+        self._child(self.auto_disabled, *self._t(tenant), reason).inc()
 
     def observe(
         self, tenant: str | None, event_type: str | None, outcome: str, seconds: float
     ) -> None:
         """Record one HTTP round trip."""
-        self.latency.labels(*self._t(tenant), _tag(event_type), outcome).observe(seconds)
+        self._child(self.latency, *self._t(tenant), _tag(event_type), outcome).observe(seconds)
 
     def invalid_payload(self, event_type: str | None, rule: str) -> None:
         """Count a payload-shape problem."""
-        self.payload_invalid.labels(_tag(event_type), rule).inc()
+        self._child(self.payload_invalid, _tag(event_type), rule).inc()
 
     def exposition(self) -> bytes:
         """The registry in Prometheus text format."""

@@ -99,6 +99,9 @@ _INSTANT = re.compile(
 )
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 class RecordError(ValueError):
     """A record is not valid JSON of the expected shape."""
 
@@ -111,6 +114,15 @@ def parse_instant_ms(value: Any) -> int | None:
         return int(value)  # tolerate epoch ms written by other tools
     if not isinstance(value, str):
         return None
+    try:  # the C parser covers every form Java writes; the regex below takes the rest
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        pass
+    else:
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        delta = dt - _EPOCH
+        return delta.days * 86_400_000 + delta.seconds * 1000 + delta.microseconds // 1000
     m = _INSTANT.fullmatch(value.strip())
     if not m:
         return None

@@ -36,7 +36,7 @@ class SubscriptionUpdater:
         self._store = store
         self._known: dict[str, str] = {}
         self._commit: GroupCommit[tuple[str, SubscriptionChange], Applied] = GroupCommit(
-            "subscriptions", self._write
+            "subscriptions", self.write
         )
 
     def remember(self, subscription_id: str, raw: str) -> None:
@@ -49,7 +49,8 @@ class SubscriptionUpdater:
         """Merge one change; returns once it is written."""
         return await self._commit.submit((subscription_id, change))
 
-    async def _write(self, batch: list[tuple[str, SubscriptionChange]]) -> list[Applied]:
+    async def write(self, batch: list[tuple[str, SubscriptionChange]]) -> list[Applied]:
+        """Merge a batch of changes now (CAS rounds until each lands or its record is gone)."""
         results: list[Applied | None] = [None] * len(batch)
         by_sub: dict[str, list[int]] = {}
         for i, (sub_id, _) in enumerate(batch):
