@@ -154,6 +154,8 @@ class Dispatcher:
         # saturated subscription's overflow is parked while the others keep flowing.
         self._waiting_cap = options.concurrency
         self._low_water = max(1, min(CLAIM_BATCH // 2, options.concurrency // 4))
+        # outcomes waiting for their final write; past this, claiming waits (backpressure)
+        self._recording_cap = 4 * options.concurrency
         self._progress: dict[str, float] = {}  # subscription -> last send start or completion
         self._tasks: set[asyncio.Task[None]] = set()
         self._recording: set[asyncio.Task[Any]] = set()  # sends whose final write is under way
@@ -180,7 +182,7 @@ class Dispatcher:
             # busy, claim only once a batch's worth of room is free, so each claim and its two
             # loads serve many deliveries rather than one.
             free = (self.opt.concurrency - self.active) + (self._waiting_cap - self._waiting_total)
-            if free < self._low_water:
+            if free < self._low_water or len(self._recording) >= self._recording_cap:
                 self._park_stuck_overflow()
                 self._capacity.clear()
                 with contextlib.suppress(TimeoutError):
@@ -500,6 +502,7 @@ class Dispatcher:
     async def _send(self, job: Job) -> None:
         d = job.delivery
         sub_id = d.subscription_id
+        holds_slot = True
         try:
             headers = build_headers(
                 event=job.event,
@@ -510,7 +513,11 @@ class Dispatcher:
                 user_agent=USER_AGENT,
             )
             result = await self.sender.post(job.url, job.body, headers)
-            # From here on the send happened: a drain never cancels the final write.
+            # The request is over: its slot goes to the next delivery while this one is
+            # recorded (the claim stays ours until the final write). A drain never cancels
+            # the final write of a send that happened.
+            holds_slot = False
+            self._free_slot(sub_id)
             task = asyncio.current_task()
             if task is not None:
                 self._recording.add(task)
@@ -519,18 +526,24 @@ class Dispatcher:
             finally:
                 if task is not None:
                     self._recording.discard(task)
+                    self._capacity.set()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             await self._unexpected([d.delivery_id], job.token, exc)
         finally:
-            self._per_sub[sub_id] -= 1
-            self._progress[sub_id] = time.monotonic()
-            if self._per_sub[sub_id] <= 0:
-                self._per_sub.pop(sub_id, None)
-                self._progress.pop(sub_id, None)
-            self._finished()
-            self._resume(sub_id)
+            if holds_slot:
+                self._free_slot(sub_id)
+
+    def _free_slot(self, sub_id: str) -> None:
+        """A request ended: free its slots and give the subscription's to a waiting delivery."""
+        self._per_sub[sub_id] -= 1
+        self._progress[sub_id] = time.monotonic()
+        if self._per_sub[sub_id] <= 0:
+            self._per_sub.pop(sub_id, None)
+            self._progress.pop(sub_id, None)
+        self._finished()
+        self._resume(sub_id)
 
     async def _record(self, job: Job, result: SendResult) -> None:
         """Write the outcome of a send: delivery, subscription, meta-events, then the claim."""
