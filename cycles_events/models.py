@@ -234,8 +234,11 @@ class Delivery:
 def payload_problems(event: JsonObject) -> list[str]:
     """The payload-shape rules an event breaks (it is delivered all the same)."""
     problems: list[str] = []
-    if any(text(event, f) is None for f in REQUIRED_EVENT_FIELDS):
-        problems.append("missing_required")
+    for name in REQUIRED_EVENT_FIELDS:
+        value = event.get(name)
+        if not (isinstance(value, str) and value.strip()):
+            problems.append("missing_required")
+            break
     event_type = text(event, "event_type") or ""
     category = text(event, "category") or ""
     known_type = event_type in EVENT_CATALOG
