@@ -18,6 +18,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from redis.asyncio import Redis
 
+from cycles_events.app import App
 from cycles_events.crypto import encrypt_secret
 from cycles_events.models import dumps, format_instant, parse_instant_ms
 
@@ -333,3 +334,13 @@ def hang(seconds: float) -> Behaviour:
         return web.Response(status=200)
 
     return respond
+
+
+def metric(app: App, name: str, **labels: str) -> float:
+    """The sum of a metric's samples that carry `labels`."""
+    total = 0.0
+    for family in app.metrics.registry.collect():
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total

@@ -9,12 +9,11 @@ from typing import Any
 from aiohttp.abc import AbstractResolver
 from redis.asyncio import Redis
 
-from cycles_events.app import App
 from cycles_events.sender import Sender
 from cycles_events.urlguard import SecurityPolicy
 from tests.dns_support import DnsResolver, DnsServer, RawServer, running_app
 from tests.integration.conftest import StartApp, app_settings
-from tests.support import OPEN_SECURITY, Admin, RedisServer
+from tests.support import OPEN_SECURITY, Admin, RedisServer, metric
 
 GUARDED = SecurityPolicy.build(OPEN_SECURITY, allow_private_networks=False)
 LIFTED = SecurityPolicy.build(OPEN_SECURITY, allow_private_networks=True)
@@ -192,16 +191,6 @@ async def test_hostile_urls_end_failed_ssrf_blocked_through_the_daemon(
         assert metric(app, "cycles_webhook_delivery_attempts_total") == 0
         exposition = app.metrics.exposition().decode()
         assert 'reason="ssrf_blocked"' in exposition
-
-
-def metric(app: App, name: str, **labels: str) -> float:
-    """The sum of a metric's samples that carry `labels`."""
-    total = 0.0
-    for family in app.metrics.registry.collect():
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
 
 
 @contextlib.asynccontextmanager

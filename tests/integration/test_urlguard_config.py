@@ -12,17 +12,7 @@ from redis.asyncio import Redis
 from cycles_events import dispatcher
 from cycles_events.app import App
 from tests.integration.conftest import StartApp
-from tests.support import OPEN_SECURITY, Admin, Receiver
-
-
-def metric(app: App, name: str, **labels: str) -> float:
-    """The sum of a metric's samples that carry `labels`."""
-    total = 0.0
-    for family in app.metrics.registry.collect():
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
+from tests.support import OPEN_SECURITY, Admin, Receiver, metric
 
 
 async def set_config(app: App, redis: Redis, config: dict[str, Any] | str) -> None:
