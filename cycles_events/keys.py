@@ -86,22 +86,22 @@ return 0
 """
 
 RELEASE = """
--- RELEASE: give back claims that were never started: to pending (ARGV[3] = '') or to the retry
--- ZSET at score ARGV[3] (parking a delivery whose subscription is saturated).
+-- RELEASE: give back claims that were never started: to pending (ARGV[2] = '') or to the retry
+-- ZSET at score ARGV[2] (parking a delivery whose subscription is saturated).
 -- KEYS[1] dispatch:pending, KEYS[2] dispatch:processing, KEYS[3] dispatch:processing:claimed_at,
 -- KEYS[4] dispatch:processing:claim_owner, KEYS[5] dispatch:retry
--- ARGV[1] claim token, ARGV[2] unused, ARGV[3] retry score or '', ARGV[4..] ids
+-- ARGV[1] claim token, ARGV[2] retry score or '', ARGV[3..] ids
 local n = 0
-for i = 4, #ARGV do
+for i = 3, #ARGV do
   local id = ARGV[i]
   if redis.call('HGET', KEYS[4], id) == ARGV[1] then
     redis.call('LREM', KEYS[2], 1, id)
     redis.call('ZREM', KEYS[3], id)
     redis.call('HDEL', KEYS[4], id)
-    if ARGV[3] == '' then
+    if ARGV[2] == '' then
       redis.call('RPUSH', KEYS[1], id)
     else
-      redis.call('ZADD', KEYS[5], ARGV[3], id)
+      redis.call('ZADD', KEYS[5], ARGV[2], id)
     end
     n = n + 1
   end

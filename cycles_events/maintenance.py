@@ -17,7 +17,6 @@ MAX_BACKOFF_S = 5.0
 
 
 async def _forever(
-    name: str,
     step: Callable[[], Awaitable[float]],
     redis_state: RedisState,
     metrics: Metrics,
@@ -82,7 +81,7 @@ class RetryPromoter:
 
     async def run(self, redis_state: RedisState, metrics: Metrics) -> None:
         """The promoter loop."""
-        await _forever("retry-promoter", self.step, redis_state, metrics)
+        await _forever(self.step, redis_state, metrics)
 
 
 class ClaimSweeper:
@@ -117,7 +116,7 @@ class ClaimSweeper:
 
     async def run(self, redis_state: RedisState) -> None:
         """The sweeper loop (it runs once at start)."""
-        await _forever("claim-sweeper", self.step, redis_state, self.metrics)
+        await _forever(self.step, redis_state, self.metrics)
 
 
 class Retention:
@@ -152,7 +151,7 @@ class Retention:
 
     async def run(self, redis_state: RedisState, metrics: Metrics) -> None:
         """The retention loop."""
-        await _forever("retention", self.step, redis_state, metrics)
+        await _forever(self.step, redis_state, metrics)
 
 
 class SecurityConfigRefresher:
@@ -175,7 +174,7 @@ class SecurityConfigRefresher:
 
     async def run(self, redis_state: RedisState, metrics: Metrics) -> None:
         """The refresh loop."""
-        await _forever("security-config", self.step, redis_state, metrics)
+        await _forever(self.step, redis_state, metrics)
 
 
 class QueueSampler:
@@ -207,4 +206,4 @@ class QueueSampler:
 
     async def run(self, redis_state: RedisState) -> None:
         """The sampling loop."""
-        await _forever("queue-sampler", self.step, redis_state, self.metrics)
+        await _forever(self.step, redis_state, self.metrics)

@@ -248,7 +248,7 @@ class Store:
             return 0
         n = await self._release(
             keys=[keys.PENDING, keys.PROCESSING, keys.CLAIMED_AT, keys.CLAIM_OWNER, keys.RETRY],
-            args=[token, "", retry_at_ms if retry_at_ms is not None else "", *ids],
+            args=[token, retry_at_ms if retry_at_ms is not None else "", *ids],
         )
         return int(n)
 
