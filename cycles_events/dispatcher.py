@@ -42,7 +42,7 @@ from cycles_events.urlguard import SecurityConfigError, SecurityPolicy, UrlBlock
 
 T = TypeVar("T")
 # a final write, and the subscription success merge that goes with it
-Outcome = tuple[FinalWrite, tuple[str, SubscriptionChange] | None]
+PendingWrite = tuple[FinalWrite, tuple[str, SubscriptionChange] | None]
 
 CLAIM_BATCH = 32
 RETRY_TOLERANCE_MS = 250
@@ -142,7 +142,7 @@ class Dispatcher:
         self.subscriptions = SubscriptionUpdater(store)
         # One group commit for every final write: queued outcomes go out together, a batch's
         # subscription success merges first (CAS), then its delivery writes and claim releases.
-        self._commit: GroupCommit[Outcome, bool] = GroupCommit("record", self._write_outcomes)
+        self._commit: GroupCommit[PendingWrite, bool] = GroupCommit("record", self._write_outcomes)
         self.instance = secrets.token_hex(6)
         self._seq = itertools.count()
         self.held: dict[str, str] = {}  # delivery id -> claim token, for every claim we own
@@ -333,7 +333,7 @@ class Dispatcher:
             event = loads_object(ev_raw) if ev_raw is not None else None
         except RecordError:
             event = None
-        sub = self._parsed_subscription(sub_raw, related)
+        sub = self._parsed_subscription(d.subscription_id, sub_raw, related)
         tenant = text(sub or {}, "tenant_id") or text(event or {}, "tenant_id")
 
         if d.attempted_at_ms is not None and now - d.attempted_at_ms > self.opt.max_age_ms:
@@ -365,7 +365,6 @@ class Dispatcher:
                 d, token, tenant, "invalid_record", "Subscription record is not valid JSON"
             )
             return None
-        self.subscriptions.remember(d.subscription_id, sub_raw.decode("utf-8", "replace"))
         status = sub.get("status")
         if status != "ACTIVE":
             await self._fail_upstream(
@@ -403,8 +402,9 @@ class Dispatcher:
         assert ev_raw is not None
         return Job(d, token, ev_raw, event, sub, secret, url.strip(), tenant)
 
-    @staticmethod
-    def _parsed_subscription(raw: bytes | None, related: Related) -> JsonObject | None:
+    def _parsed_subscription(
+        self, subscription_id: str, raw: bytes | None, related: Related
+    ) -> JsonObject | None:
         """Parse a subscription record once per batch (many deliveries share one)."""
         if raw is None:
             return None
@@ -414,6 +414,8 @@ class Dispatcher:
                 cache[raw] = loads_object(raw)
             except RecordError:
                 cache[raw] = None
+            else:
+                self.subscriptions.remember(subscription_id, raw.decode("utf-8", "replace"))
         return cache[raw]
 
     def _decrypt(self, subscription_id: str, stored: bytes) -> str:
@@ -680,7 +682,7 @@ class Dispatcher:
         if not owned:
             logs.warning("claim_lost", delivery_id=delivery_id)
 
-    async def _write_outcomes(self, batch: list[Outcome]) -> list[bool]:
+    async def _write_outcomes(self, batch: list[PendingWrite]) -> list[bool]:
         # Success merges are idempotent (counter 0, timestamps), so a batch retried after a
         # Redis error may apply them twice without harm; terminal failures never come this way.
         changes = [change for _, change in batch if change is not None]

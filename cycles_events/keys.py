@@ -165,18 +165,6 @@ if first[2] then nxt = first[2] end
 return {#ids, nxt}
 """
 
-CAS = """
--- CAS: replace a record only if it still holds what we read (partial merges without lost writes).
--- KEYS[1] the record (webhook:{id})
--- ARGV[1] expected JSON, ARGV[2] new JSON
--- Returns {'ok'}, {'missing'} or {'conflict', current JSON}.
-local cur = redis.call('GET', KEYS[1])
-if not cur then return {'missing'} end
-if cur ~= ARGV[1] then return {'conflict', cur} end
-redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
-return {'ok'}
-"""
-
 SAVE_EVENT = """
 -- SAVE_EVENT: save an event the way the admin server does.
 -- KEYS[1] event:{id}, KEYS[2] events:{tenant}, KEYS[3] events:_all,

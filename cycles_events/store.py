@@ -163,7 +163,6 @@ class Store:
         self._heartbeat = r.register_script(keys.HEARTBEAT)
         self._recover = r.register_script(keys.RECOVER)
         self._promote = r.register_script(keys.PROMOTE)
-        self._cas = r.register_script(keys.CAS)
         self._save_event = r.register_script(keys.SAVE_EVENT)
         self._trim = r.register_script(keys.TRIM_ZSET)
 
@@ -283,9 +282,8 @@ class Store:
         self, subscription_id: str, expected: str, new: str
     ) -> tuple[str, bytes | None]:
         """Compare-and-set a subscription: ('ok'|'missing'|'conflict', current when conflict)."""
-        res = await self._cas(keys=[keys.subscription(subscription_id)], args=[expected, new])
-        status = _s(res[0])
-        return status, (res[1] if status == "conflict" else None)
+        (result,) = await self.cas_subscriptions([(subscription_id, expected, new)])
+        return result
 
     async def cas_subscriptions(
         self, items: Sequence[tuple[str, str, str]]
