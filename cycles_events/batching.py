@@ -9,6 +9,9 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 R = TypeVar("R")
 
+# told the result of an operation, or the exception that failed its batch
+Done = Callable[[R | None, BaseException | None], None]
+
 
 class GroupCommit(Generic[T, R]):
     """Runs `execute` on batches of submitted operations, one batch at a time."""
@@ -19,36 +22,71 @@ class GroupCommit(Generic[T, R]):
         self.name = name
         self._execute = execute
         self._max_batch = max_batch
-        self._queue: list[tuple[T, asyncio.Future[R]]] = []
+        self._queue: list[tuple[T, asyncio.Future[R] | Done[R]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._pending = 0
+
+    def __len__(self) -> int:
+        """Operations queued or in the batch under way."""
+        return self._pending
 
     async def submit(self, op: T) -> R:
         """Queue one operation and wait for its result (or its batch's exception)."""
         fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._queue.append((op, fut))
+        self._enqueue(op, fut)
+        return await fut
+
+    def push(self, op: T, done: Done[R]) -> None:
+        """Queue one operation without waiting; `done` is called when its batch is over."""
+        self._enqueue(op, done)
+
+    def _enqueue(self, op: T, waiter: asyncio.Future[R] | Done[R]) -> None:
+        self._queue.append((op, waiter))
+        self._pending += 1
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name=f"group-commit:{self.name}")
-        return await fut
+
+    async def idle(self) -> None:
+        """Wait until everything queued so far has been executed."""
+        while self._flusher is not None and not self._flusher.done():
+            await asyncio.wait({self._flusher})
 
     async def _flush(self) -> None:
         while self._queue:
             batch = self._queue[: self._max_batch]
             del self._queue[: self._max_batch]
-            live = [(op, fut) for op, fut in batch if not fut.cancelled()]
+            live = [(op, w) for op, w in batch if not (isinstance(w, asyncio.Future) and w.done())]
+            self._pending -= len(batch) - len(live)
             if not live:
                 continue
             try:
                 results = await self._execute([op for op, _ in live])
+                if len(results) != len(live):
+                    raise RuntimeError(f"{self.name}: {len(results)} results for {len(live)}")
             except Exception as exc:
-                for _, fut in live:
-                    if not fut.done():
-                        fut.set_exception(exc)
+                self._settle(live, None, exc)
                 continue
-            except BaseException:
-                for _, fut in live:
-                    if not fut.done():
-                        fut.cancel()
+            except BaseException as exc:
+                self._settle(live, None, exc)
                 raise
-            for (_, fut), result in zip(live, results, strict=True):
-                if not fut.done():
-                    fut.set_result(result)
+            self._settle(live, results, None)
+
+    def _settle(
+        self,
+        live: list[tuple[T, asyncio.Future[R] | Done[R]]],
+        results: list[R] | None,
+        exc: BaseException | None,
+    ) -> None:
+        self._pending -= len(live)
+        for i, (_, waiter) in enumerate(live):
+            result = results[i] if results is not None else None
+            if not isinstance(waiter, asyncio.Future):
+                waiter(result, exc)
+            elif waiter.done():
+                continue
+            elif results is not None:
+                waiter.set_result(result)  # type: ignore[arg-type]
+            elif isinstance(exc, Exception):
+                waiter.set_exception(exc)
+            else:
+                waiter.cancel()

@@ -10,7 +10,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from cycles_events import USER_AGENT, lifecycle, logs
 from cycles_events.batching import GroupCommit
@@ -146,23 +146,38 @@ class Dispatcher:
         self.instance = secrets.token_hex(6)
         self._seq = itertools.count()
         self.held: dict[str, str] = {}  # delivery id -> claim token, for every claim we own
-        self.active = 0
-        self._per_sub: dict[str, int] = {}
+        # Every claimed delivery is in exactly one place until its request ends (or it ends
+        # without one): loading its records, runnable (its subscription's slot is reserved),
+        # waiting for its subscription's next slot, or sending (one of the workers holds it).
+        self._loading = 0
+        self._runnable: deque[Job] = deque()
         self._waiting: dict[str, deque[tuple[float, Job]]] = {}
         self._waiting_total = 0
-        # Claims waiting for a busy subscription: bounded per subscription and in all, so that a
-        # saturated subscription's overflow is parked while the others keep flowing.
-        self._waiting_cap = options.concurrency
+        self._sending = 0
+        self._per_sub: dict[str, int] = {}  # subscription -> runnable + sending
+        # Claimed beyond what the workers can take: prefetch, and room for a saturated
+        # subscription's overflow (parked when it is stuck) while the others keep flowing.
+        self._claim_cap = 2 * options.concurrency
         self._low_water = max(1, min(CLAIM_BATCH // 2, options.concurrency // 4))
         # outcomes waiting for their final write; past this, claiming waits (backpressure)
+        self._recording = 0
         self._recording_cap = 4 * options.concurrency
         self._progress: dict[str, float] = {}  # subscription -> last send start or completion
         self._tasks: set[asyncio.Task[None]] = set()
-        self._recording: set[asyncio.Task[Any]] = set()  # sends whose final write is under way
+        self._final_writers: set[asyncio.Task[None]] = set()
+        self._workers: set[asyncio.Task[None]] = set()
+        self._idle_workers: deque[asyncio.Future[None]] = deque()
+        self._fatal: BaseException | None = None
         self._secrets: dict[tuple[str, bytes], str] = {}
         self._capacity = asyncio.Event()
         self.accepting = True
         self.consuming = False
+        metrics.in_flight.set_function(lambda: self.active)
+
+    @property
+    def active(self) -> int:
+        """Claimed deliveries whose request has not ended yet (nor ended without one)."""
+        return self._loading + len(self._runnable) + self._waiting_total + self._sending
 
     # --- claiming -------------------------------------------------------------------------
 
@@ -176,17 +191,22 @@ class Dispatcher:
 
     async def run(self) -> None:
         """Claim and dispatch until `stop_claiming` is called (or the task is cancelled)."""
+        self._start_workers()
         backoff = 0.1
         while self.accepting:
+            if self._fatal is not None:
+                raise RuntimeError("a dispatch worker died") from self._fatal
             # Claimed deliveries wait (prefetched) for their subscription's next free slot; when
             # busy, claim only once a batch's worth of room is free, so each claim and its two
             # loads serve many deliveries rather than one.
-            free = (self.opt.concurrency - self.active) + (self._waiting_cap - self._waiting_total)
-            if free < self._low_water or len(self._recording) >= self._recording_cap:
+            free = self._room()
+            if free < self._low_water:
                 self._park_stuck_overflow()
                 self._capacity.clear()
+                # woken only once a batch's worth of room is free (see _wake_claimer)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._capacity.wait(), timeout=1.0)
+                    async with asyncio.timeout(1.0):
+                        await self._capacity.wait()
                 continue
             token = self._token()
             try:
@@ -212,26 +232,35 @@ class Dispatcher:
                 return
             for i in ids:
                 self.held[i] = token
-            self.active += len(ids)
+            self._loading += len(ids)
             self._spawn(self._handle(ids, token), "deliveries")
+
+    def _room(self) -> int:
+        """How many ids a claim may take now."""
+        if self._recording >= self._recording_cap:
+            return 0
+        return self._claim_cap - self.active
+
+    def _wake_claimer(self) -> None:
+        """Wake the claimer when it could claim a batch (not for every freed slot)."""
+        if not self._capacity.is_set() and self._room() >= self._low_water:
+            self._capacity.set()
 
     def stop_claiming(self) -> None:
         """Stop taking new work (the first step of a drain)."""
         self.accepting = False
         self.consuming = False
         self._capacity.set()
+        self._wake_workers(all_of_them=True)
 
-    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+    def _spawn(self, coro: Awaitable[None], name: str, *, final_write: bool = False) -> None:
         task = asyncio.ensure_future(coro)
         task.set_name(name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        self.metrics.in_flight.set(self.active)
-
-    def _finished(self, n: int = 1) -> None:
-        self.active -= n
-        self.metrics.in_flight.set(self.active)
-        self._capacity.set()
+        if final_write:  # a drain never cancels it
+            self._final_writers.add(task)
+            task.add_done_callback(self._final_writers.discard)
 
     def _redis_failed(self, exc: BaseException) -> None:
         self.redis_state.failed(exc)
@@ -293,7 +322,8 @@ class Dispatcher:
                 if job is not None:
                     self._gate(job)
         finally:
-            self._finished(len(ids))
+            self._loading -= len(ids)
+            self._wake_claimer()
 
     async def _screen(self, delivery_id: str, raw: bytes | None, token: str) -> Delivery | None:
         """Step 1: drop, quarantine, skip or defer; returns the delivery when it goes on."""
@@ -441,13 +471,17 @@ class Dispatcher:
     # --- per-subscription gate --------------------------------------------------------------
 
     def _gate(self, job: Job) -> None:
-        """Send now, or wait for the subscription's next free slot (parked if it is stuck)."""
+        """Hand to a worker, or wait for the subscription's next free slot (parked if stuck)."""
         sub = job.delivery.subscription_id
-        if self._per_sub.get(sub, 0) < self.opt.per_subscription:
-            self._per_sub[sub] = self._per_sub.get(sub, 0) + 1
+        if not self.accepting:  # draining: nothing new starts, the claim goes back
+            self._spawn(self._release(job.delivery.delivery_id, job.token, None), "release")
+            return
+        n = self._per_sub.get(sub, 0)
+        if n < self.opt.per_subscription:
+            self._per_sub[sub] = n + 1
             self._progress.setdefault(sub, time.monotonic())
-            self.active += 1  # the send holds its own slot; _handle releases the batch's
-            self._spawn(self._send(job), "send")
+            self._runnable.append(job)
+            self._wake_workers()
             return
         queue = self._waiting.setdefault(sub, deque())
         if self._stuck(sub) and len(queue) >= self._stuck_queue:
@@ -486,25 +520,60 @@ class Dispatcher:
             return
         since, job = queue.popleft()
         self._waiting_total -= 1
-        self._capacity.set()
         if not queue:
             self._waiting.pop(sub, None)
-        if not self.accepting:  # draining: nothing new starts, the claim goes back
-            self._spawn(self._release(job.delivery.delivery_id, job.token, None), "release")
-            return
-        if time.monotonic() - since <= WAITING_FRESH_S:
+        if not self.accepting or time.monotonic() - since <= WAITING_FRESH_S:
             self._gate(job)
             return
         # waited long enough for its records to be stale: load them again before sending
-        self.active += 1
+        self._loading += 1
         self._spawn(self._handle([job.delivery.delivery_id], job.token), "resume")
+
+    # --- workers ----------------------------------------------------------------------------
+
+    def _start_workers(self) -> None:
+        """One long-lived worker per concurrent request: no task is created per delivery."""
+        while len(self._workers) < self.opt.concurrency:
+            task = asyncio.create_task(self._worker(), name="dispatch-worker")
+            self._workers.add(task)
+            task.add_done_callback(self._worker_ended)
+
+    def _worker_ended(self, task: asyncio.Task[None]) -> None:
+        self._workers.discard(task)
+        if not task.cancelled() and task.exception() is not None and self._fatal is None:
+            self._fatal = task.exception()
+            self._capacity.set()
+
+    def _wake_workers(self, *, all_of_them: bool = False) -> None:
+        wanted = len(self._idle_workers) if all_of_them else len(self._runnable)
+        while wanted > 0 and self._idle_workers:
+            waiter = self._idle_workers.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                wanted -= 1
+
+    async def _worker(self) -> None:
+        """Send runnable deliveries one after another until the pool drains."""
+        loop = asyncio.get_running_loop()
+        while self.accepting:  # a drain gives back what is still runnable
+            if self._runnable:
+                job = self._runnable.popleft()
+                self._sending += 1
+                await self._send(job)
+                continue
+            waiter = loop.create_future()
+            self._idle_workers.append(waiter)
+            try:
+                await waiter
+            finally:
+                if not waiter.done():
+                    waiter.cancel()
 
     # --- sending and recording --------------------------------------------------------------
 
     async def _send(self, job: Job) -> None:
+        """Sign and send one delivery, then hand its outcome on to be recorded."""
         d = job.delivery
-        sub_id = d.subscription_id
-        holds_slot = True
         try:
             headers = build_headers(
                 event=job.event,
@@ -515,40 +584,37 @@ class Dispatcher:
                 user_agent=USER_AGENT,
             )
             result = await self.sender.post(job.url, job.body, headers)
-            # The request is over: its slot goes to the next delivery while this one is
-            # recorded (the claim stays ours until the final write). A drain never cancels
-            # the final write of a send that happened.
-            holds_slot = False
-            self._free_slot(sub_id)
-            task = asyncio.current_task()
-            if task is not None:
-                self._recording.add(task)
-            try:
-                await self._record(job, result)
-            finally:
-                if task is not None:
-                    self._recording.discard(task)
-                    self._capacity.set()
         except asyncio.CancelledError:
+            self._free_slot(d.subscription_id)
             raise
         except Exception as exc:
-            await self._unexpected([d.delivery_id], job.token, exc)
-        finally:
-            if holds_slot:
-                self._free_slot(sub_id)
+            self._free_slot(d.subscription_id)
+            self._spawn(self._unexpected([d.delivery_id], job.token, exc), "error")
+            return
+        # The request is over: the worker and the subscription's slot go to the next delivery
+        # while this one is recorded (the claim stays ours until the final write). Recording
+        # happens outside the worker, so a drain never cancels the final write of a send.
+        self._free_slot(d.subscription_id)
+        try:
+            self._record(job, result)
+        except Exception as exc:
+            self._spawn(self._unexpected([d.delivery_id], job.token, exc), "error")
 
     def _free_slot(self, sub_id: str) -> None:
         """A request ended: free its slots and give the subscription's to a waiting delivery."""
-        self._per_sub[sub_id] -= 1
-        self._progress[sub_id] = time.monotonic()
-        if self._per_sub[sub_id] <= 0:
+        self._sending -= 1
+        left = self._per_sub[sub_id] - 1
+        if left <= 0:
             self._per_sub.pop(sub_id, None)
             self._progress.pop(sub_id, None)
-        self._finished()
+        else:
+            self._per_sub[sub_id] = left
+            self._progress[sub_id] = time.monotonic()
         self._resume(sub_id)
+        self._wake_claimer()
 
-    async def _record(self, job: Job, result: SendResult) -> None:
-        """Write the outcome of a send: delivery, subscription, meta-events, then the claim."""
+    def _record(self, job: Job, result: SendResult) -> None:
+        """Queue the outcome of a send for its final write (a terminal failure does more)."""
         d, tenant, event_type = (
             job.delivery,
             job.tenant,
@@ -563,9 +629,8 @@ class Dispatcher:
                 url=redact_url(job.url),
                 error=result.blocked,
             )
-            await self._final(
-                d.delivery_id, job.token, record=lifecycle.failed(d, now, result.blocked)
-            )
+            record = lifecycle.failed(d, now, result.blocked)
+            self._push_final(FinalWrite(d.delivery_id, job.token, record), None)
             return
         attempts = d.attempts + 1
         outcome = classify(result.status, result.error)
@@ -578,13 +643,8 @@ class Dispatcher:
                 d, now, attempts=attempts, status=result.status, elapsed_ms=result.elapsed_ms
             )
             change = SubscriptionChange(True, now, d.delivery_id)
-            await self._final(
-                d.delivery_id,
-                job.token,
-                record=record,
-                success=change,
-                success_of=d.subscription_id,
-            )
+            write = FinalWrite(d.delivery_id, job.token, record)
+            self._push_final(write, (d.subscription_id, change))
             logs.debug(
                 "delivery_succeeded",
                 delivery_id=d.delivery_id,
@@ -607,8 +667,7 @@ class Dispatcher:
                 message=message,
                 next_retry_ms=retry_at,
             )
-            await self._final(d.delivery_id, job.token, record=record, retry_at_ms=retry_at)
-            self.on_retry_scheduled(retry_at)
+            self._push_final(FinalWrite(d.delivery_id, job.token, record, retry_at), None)
             logs.info(
                 "delivery_retrying",
                 delivery_id=d.delivery_id,
@@ -622,6 +681,41 @@ class Dispatcher:
         record = lifecycle.failed(
             d, now, message, attempts=attempts, status=result.status, elapsed_ms=result.elapsed_ms
         )
+        self._recording += 1
+        self._spawn(
+            self._record_failure(job, now, record, attempts, result, message),
+            "failure",
+            final_write=True,
+        )
+
+    async def _record_failure(
+        self,
+        job: Job,
+        now: int,
+        record: JsonObject,
+        attempts: int,
+        result: SendResult,
+        message: str,
+    ) -> None:
+        """A terminal failure: the subscription's failure count, meta-events, then the record."""
+        try:
+            await self._write_failure(job, now, record, attempts, result, message)
+        except Exception as exc:
+            await self._unexpected([job.delivery.delivery_id], job.token, exc)
+        finally:
+            self._recording -= 1
+            self._wake_claimer()
+
+    async def _write_failure(
+        self,
+        job: Job,
+        now: int,
+        record: JsonObject,
+        attempts: int,
+        result: SendResult,
+        message: str,
+    ) -> None:
+        d, tenant = job.delivery, job.tenant
         applied = await self._redis(
             lambda: self.subscriptions.apply(
                 d.subscription_id, SubscriptionChange(False, now, d.delivery_id)
@@ -655,7 +749,7 @@ class Dispatcher:
         logs.info(
             "delivery_failed",
             delivery_id=d.delivery_id,
-            reason=outcome.reason,
+            reason=classify(result.status, result.error).reason,
             error=message,
             attempts=attempts,
         )
@@ -671,24 +765,45 @@ class Dispatcher:
         record: JsonObject | None = None,
         retry_at_ms: int | None = None,
         quarantine: JsonObject | None = None,
-        success: SubscriptionChange | None = None,
-        success_of: str | None = None,
     ) -> None:
-        """The delivery's last write, with its subscription's success merge when it has one."""
+        """The delivery's last write, waited for."""
         write = FinalWrite(delivery_id, token, record, retry_at_ms, quarantine)
-        change = (success_of, success) if success is not None and success_of else None
-        owned = await self._redis(lambda: self._commit.submit((write, change)))
-        self.held.pop(delivery_id, None)
+        self._written(write, await self._commit.submit((write, None)))
+
+    def _push_final(self, write: FinalWrite, change: tuple[str, SubscriptionChange] | None) -> None:
+        """The last write of a sent delivery, with its subscription's success merge if any."""
+        self._recording += 1
+
+        def done(owned: bool | None, exc: BaseException | None) -> None:
+            self._recording -= 1
+            if exc is None:
+                self._written(write, bool(owned))
+            elif isinstance(exc, Exception):
+                self._spawn(self._unexpected([write.delivery_id], write.token, exc), "error")
+            self._wake_claimer()
+
+        self._commit.push((write, change), done)
+
+    def _written(self, write: FinalWrite, owned: bool) -> None:
+        self.held.pop(write.delivery_id, None)
         if not owned:
-            logs.warning("claim_lost", delivery_id=delivery_id)
+            logs.warning("claim_lost", delivery_id=write.delivery_id)
+        elif write.retry_at_ms is not None and write.record is not None:
+            self.on_retry_scheduled(write.retry_at_ms)
 
     async def _write_outcomes(self, batch: list[PendingWrite]) -> list[bool]:
-        # Success merges are idempotent (counter 0, timestamps), so a batch retried after a
-        # Redis error may apply them twice without harm; terminal failures never come this way.
+        # Redis outages are waited out here, for every queued write. Success merges are
+        # idempotent (counter 0, timestamps), so a batch retried after a Redis error may apply
+        # them twice without harm; terminal failures never come this way.
         changes = [change for _, change in batch if change is not None]
-        if changes:
-            await self.subscriptions.write(changes)
-        return await self.store.finalize([write for write, _ in batch], self.opt.failed_max_len)
+        writes = [write for write, _ in batch]
+
+        async def once() -> list[bool]:
+            if changes:
+                await self.subscriptions.write(changes)
+            return await self.store.finalize(writes, self.opt.failed_max_len)
+
+        return await self._redis(once)
 
     async def _release(self, delivery_id: str, token: str, retry_at_ms: int | None) -> None:
         await self._redis(lambda: self.store.release([delivery_id], token, retry_at_ms=retry_at_ms))
@@ -729,21 +844,24 @@ class Dispatcher:
             await self.store.heartbeat(ids, self.owner_prefix, self.clock())
 
     async def drain(self, grace_s: float) -> None:
-        """Stop claiming, give back waiting claims, let sends finish within the grace period."""
+        """Stop claiming, give back unstarted claims, let sends finish within the grace period."""
         self.stop_claiming()
-        waiting = [
-            (job.delivery.delivery_id, job.token) for q in self._waiting.values() for _, job in q
-        ]
+        unstarted = [job for q in self._waiting.values() for _, job in q] + list(self._runnable)
         self._waiting.clear()
         self._waiting_total = 0
-        for delivery_id, token in waiting:
-            self.held.pop(delivery_id, None)
-            await self._release_quietly([delivery_id], token)
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
+        self._runnable.clear()
+        for job in unstarted:
+            self.held.pop(job.delivery.delivery_id, None)
+            await self._release_quietly([job.delivery.delivery_id], job.token)
+        busy = self._workers | self._tasks
+        if busy:
+            _, pending = await asyncio.wait(busy, timeout=grace_s)
             if pending:
                 logs.warning("drain_grace_expired", unfinished=len(pending))
                 for task in pending:
-                    if task not in self._recording:
+                    if task not in self._final_writers:
                         task.cancel()
                 await asyncio.wait(pending, timeout=FINAL_WRITE_GRACE_S)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(FINAL_WRITE_GRACE_S):
+                await self._commit.idle()

@@ -151,3 +151,28 @@ async def test_security_config_is_read_from_redis(
     await asyncio.sleep(5.5)  # the refresher reads the config every 5 s
     allowed = await admin.deliver(sub)
     await admin.wait_status([allowed], {"SUCCESS"})
+
+
+async def test_never_more_than_the_concurrency_in_flight(
+    start_app: StartApp, admin: Admin, receiver: Receiver, redis: Redis
+) -> None:
+    in_flight = 0
+    peak = 0
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.2)
+        in_flight -= 1
+        return web.Response(status=200)
+
+    receiver.behaviours["/slow"] = slow
+    await admin.security()
+    # many subscriptions, none near its own bound: only the process-wide bound applies
+    subs = [await admin.subscription(receiver.url("/slow")) for _ in range(16)]
+    ids = [await admin.deliver(subs[i % len(subs)]) for i in range(96)]
+    app = await start_app(DISPATCH_CONCURRENCY=8, DISPATCH_MAX_IN_FLIGHT_PER_SUBSCRIPTION=8)
+    await admin.wait_status(ids, {"SUCCESS"}, timeout=30)
+    assert peak == 8
+    assert app.dispatcher.active == 0
