@@ -24,6 +24,7 @@ from cycles_events.models import (
     RecordError,
     loads_object,
     payload_problems,
+    read_object,
     text,
 )
 from cycles_events.retry import Kind, RetryPolicy, classify, parse_retry_after_ms, status_family
@@ -360,7 +361,7 @@ class Dispatcher:
         event: JsonObject | None = None
         sub: JsonObject | None = None
         try:
-            event = loads_object(ev_raw) if ev_raw is not None else None
+            event = read_object(ev_raw) if ev_raw is not None else None
         except RecordError:
             event = None
         sub = self._parsed_subscription(d.subscription_id, sub_raw, related)
@@ -441,11 +442,11 @@ class Dispatcher:
         cache = related.parsed
         if raw not in cache:
             try:
-                cache[raw] = loads_object(raw)
+                doc = cache[raw] = loads_object(raw)
             except RecordError:
                 cache[raw] = None
             else:
-                self.subscriptions.remember(subscription_id, raw.decode("utf-8", "replace"))
+                self.subscriptions.remember(subscription_id, raw.decode("utf-8", "replace"), doc)
         return cache[raw]
 
     def _decrypt(self, subscription_id: str, stored: bytes) -> str:
@@ -634,11 +635,10 @@ class Dispatcher:
             return
         attempts = d.attempts + 1
         outcome = classify(result.status, result.error)
-        self.metrics.attempt(tenant, event_type)
-        self.metrics.observe(tenant, event_type, outcome.reason, result.elapsed_ms / 1000)
         if outcome.kind is Kind.SUCCESS:
             assert result.status is not None
-            self.metrics.succeeded(tenant, event_type, status_family(result.status))
+            family = status_family(result.status)
+            self.metrics.delivered(tenant, event_type, family, result.elapsed_ms / 1000)
             record = lifecycle.succeeded(
                 d, now, attempts=attempts, status=result.status, elapsed_ms=result.elapsed_ms
             )
@@ -653,6 +653,8 @@ class Dispatcher:
                 ms=result.elapsed_ms,
             )
             return
+        self.metrics.attempt(tenant, event_type)
+        self.metrics.observe(tenant, event_type, outcome.reason, result.elapsed_ms / 1000)
         message = outcome.message or "delivery failed"
         policy = RetryPolicy.from_subscription(job.subscription)
         if outcome.kind is Kind.RETRYABLE and attempts <= policy.max_retries:

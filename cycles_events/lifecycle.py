@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from cycles_events.models import (
     SYSTEM_TENANT,
@@ -111,8 +111,7 @@ def _set(doc: JsonObject, name: str, value: Any) -> None:
         doc[name] = value
 
 
-@dataclass(frozen=True, slots=True)
-class SubscriptionChange:
+class SubscriptionChange(NamedTuple):
     """One delivery's effect on its subscription."""
 
     success: bool
@@ -128,6 +127,9 @@ class MergeResult:
     previous_status: str | None = None
 
 
+NO_EFFECT = MergeResult()
+
+
 def merge_subscription(sub: JsonObject, change: SubscriptionChange) -> MergeResult:
     """Apply a delivery outcome to a subscription in place (only counter, last_*_at, status)."""
     now = format_instant(change.at_ms)
@@ -135,7 +137,7 @@ def merge_subscription(sub: JsonObject, change: SubscriptionChange) -> MergeResu
     if change.success:
         sub["consecutive_failures"] = 0
         sub["last_success_at"] = now
-        return MergeResult()
+        return NO_EFFECT
     count = max(0, integer(sub, "consecutive_failures", 0)) + 1
     sub["consecutive_failures"] = count
     sub["last_failure_at"] = now
@@ -144,7 +146,7 @@ def merge_subscription(sub: JsonObject, change: SubscriptionChange) -> MergeResu
     if count >= threshold and status in ("ACTIVE", "PAUSED"):
         sub["status"] = "DISABLED"
         return MergeResult(disabled=True, previous_status=str(status))
-    return MergeResult()
+    return NO_EFFECT
 
 
 def derived_event_id(correlation_id: str) -> str:

@@ -154,6 +154,24 @@ class Metrics:
             child = self._children[key] = metric.labels(*values)
         return child
 
+    def delivered(
+        self, tenant: str | None, event_type: str | None, family: str, seconds: float
+    ) -> None:
+        """Count a send that succeeded: its attempt, its round trip and its success."""
+        key = (0, (tenant or "", event_type or "", family))
+        bundle = self._children.get(key)
+        if bundle is None:
+            t, e = self._t(tenant), _tag(event_type)
+            bundle = self._children[key] = (
+                self._child(self.attempts, *t, e),
+                self._child(self.latency, *t, e, "success"),
+                self._child(self.success, *t, e, family),
+            )
+        attempts, latency, success = bundle
+        attempts.inc()
+        latency.observe(seconds)
+        success.inc()
+
     def attempt(self, tenant: str | None, event_type: str | None) -> None:
         """Count an HTTP send."""
         self._child(self.attempts, *self._t(tenant), _tag(event_type)).inc()

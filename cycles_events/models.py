@@ -5,9 +5,10 @@ from __future__ import annotations
 import functools
 import json
 import re
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple, TypeGuard
+
+import orjson
 
 JsonObject = dict[str, Any]
 
@@ -155,7 +156,10 @@ def _second_text(seconds: int) -> str:
 
 def dumps(obj: Any) -> str:
     """Compact JSON as the Java services write it (UTF-8, no spaces, field order kept)."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    try:
+        return orjson.dumps(obj).decode()
+    except (orjson.JSONEncodeError, TypeError):  # integers past 64 bits, lone surrogates
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def loads_object(raw: bytes | str) -> JsonObject:
@@ -164,6 +168,17 @@ def loads_object(raw: bytes | str) -> JsonObject:
         value = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise RecordError(f"not valid JSON ({type(exc).__name__})") from None
+    if not isinstance(value, dict):
+        raise RecordError("not a JSON object")
+    return value
+
+
+def read_object(raw: bytes) -> JsonObject:
+    """Parse a JSON object that is only read, never written back (it may round big numbers)."""
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:  # what only the standard parser takes (NaN, a BOM, ...)
+        return loads_object(raw)
     if not isinstance(value, dict):
         raise RecordError("not a JSON object")
     return value
@@ -187,8 +202,7 @@ def integer(obj: JsonObject, name: str, default: int) -> int:
     return default
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
+class Delivery(NamedTuple):
     """A parsed delivery record; `doc` keeps every field as stored."""
 
     delivery_id: str
@@ -255,7 +269,7 @@ def payload_problems(event: JsonObject) -> list[str]:
     return problems
 
 
-def is_trace_id(value: Any) -> bool:
+def is_trace_id(value: Any) -> TypeGuard[str]:
     """A W3C trace id: 32 lower-case hex, not all zeros."""
     return isinstance(value, str) and bool(_HEX32.fullmatch(value)) and value != "0" * 32
 

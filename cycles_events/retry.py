@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from cycles_events.models import JsonObject
 
@@ -18,8 +18,7 @@ class Kind(enum.Enum):
     PERMANENT = "permanent"
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     """A classified outcome: its kind, the metric reason and the record's error message."""
 
     kind: Kind
@@ -72,10 +71,13 @@ def status_family(status: int | None) -> str:
     return f"{status // 100}xx"
 
 
+_SUCCESS = Outcome(Kind.SUCCESS, "success")
+
+
 def classify(status: int | None, error: str | None) -> Outcome:
     """Classify one HTTP attempt: any 2xx succeeds; every other answer or error is retryable."""
     if status is not None and 200 <= status <= 299:
-        return Outcome(Kind.SUCCESS, "success")
+        return _SUCCESS
     if status is not None and 400 <= status <= 499:
         return Outcome(Kind.RETRYABLE, "http_4xx", f"HTTP {status}")
     if status is not None and 500 <= status <= 599:

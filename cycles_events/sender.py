@@ -8,6 +8,7 @@ import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -19,8 +20,7 @@ MAX_HEADER_LINE = 8190
 MAX_HEADERS = 100
 
 
-@dataclass(frozen=True, slots=True)
-class SendResult:
+class SendResult(NamedTuple):
     """What one POST produced: an HTTP status, or an error, or a policy block."""
 
     status: int | None

@@ -57,7 +57,7 @@ def random_hex(nbytes: int) -> str:
 
 def custom_headers(raw: Any) -> dict[str, str]:
     """The subscription's custom headers that may be sent: valid, and never one of ours."""
-    if not isinstance(raw, Mapping):
+    if not raw or not isinstance(raw, Mapping):
         return {}
     out: dict[str, str] = {}
     for name, value in raw.items():
@@ -76,7 +76,9 @@ def custom_headers(raw: Any) -> dict[str, str]:
 
 def _clean(value: Any) -> str:
     """A header value from a record field, with control characters removed."""
-    return _BAD_VALUE.sub("", value) if isinstance(value, str) else ""
+    if not isinstance(value, str):
+        return ""
+    return value if value.isprintable() else _BAD_VALUE.sub("", value)
 
 
 def build_headers(
@@ -91,24 +93,23 @@ def build_headers(
 ) -> dict[str, str]:
     """Every header of the outbound POST; ours always win over custom ones."""
     headers = custom_headers(subscription.get("headers"))
-    trace_id = event.get("trace_id")
-    if not is_trace_id(trace_id):
-        trace_id = rand_hex(16)
+    given = event.get("trace_id")
+    trace_id: str = given if is_trace_id(given) else rand_hex(16)
     flags = delivery.get("trace_flags")
     if not (delivery.get("traceparent_inbound_valid") is True and is_trace_flags(flags)):
         flags = "01"
-    headers.update(
-        {
-            "Content-Type": "application/json",
-            "User-Agent": user_agent,
-            "X-Cycles-Event-Id": _clean(event.get("event_id")),
-            "X-Cycles-Event-Type": _clean(event.get("event_type")),
-            "X-Cycles-Trace-Id": str(trace_id),
-            "traceparent": f"00-{trace_id}-{rand_hex(8)}-{flags}",
-        }
-    )
+    headers["Content-Type"] = "application/json"
+    headers["User-Agent"] = user_agent
+    headers["X-Cycles-Event-Id"] = _clean(event.get("event_id"))
+    headers["X-Cycles-Event-Type"] = _clean(event.get("event_type"))
+    headers["X-Cycles-Trace-Id"] = trace_id
+    headers["traceparent"] = f"00-{trace_id}-{rand_hex(8)}-{flags}"
     request_id = event.get("request_id")
-    if isinstance(request_id, str) and request_id.strip() and not _BAD_VALUE.search(request_id):
+    if (
+        isinstance(request_id, str)
+        and request_id.strip()
+        and (request_id.isprintable() or not _BAD_VALUE.search(request_id))
+    ):
         headers["X-Request-Id"] = request_id
     if secret is not None:
         headers["X-Cycles-Signature"] = sign(secret, body)

@@ -6,7 +6,7 @@ import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import hiredis
 from redis.asyncio import Redis
@@ -125,8 +125,7 @@ class Related:
     parsed: dict[bytes, JsonObject | None] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class FinalWrite:
+class FinalWrite(NamedTuple):
     """A delivery's last write: its record, a retry to schedule, or a quarantine entry."""
 
     delivery_id: str

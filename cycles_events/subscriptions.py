@@ -34,16 +34,17 @@ class SubscriptionUpdater:
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._known: dict[str, str] = {}
+        # the record as last read or written, and its parsed form when we have it
+        self._known: dict[str, tuple[str, JsonObject | None]] = {}
         self._commit: GroupCommit[tuple[str, SubscriptionChange], Applied] = GroupCommit(
             "subscriptions", self.write
         )
 
-    def remember(self, subscription_id: str, raw: str) -> None:
-        """Note a freshly read record, so the next write can skip a read."""
+    def remember(self, subscription_id: str, raw: str, doc: JsonObject | None = None) -> None:
+        """Note a freshly read record (and its parsed form), so the next write can skip a read."""
         if len(self._known) >= MAX_CACHED:
             self._known.clear()
-        self._known[subscription_id] = raw
+        self._known[subscription_id] = (raw, doc)
 
     async def apply(self, subscription_id: str, change: SubscriptionChange) -> Applied:
         """Merge one change; returns once it is written."""
@@ -62,16 +63,17 @@ class SubscriptionUpdater:
                 for i in by_sub.pop(sub_id):
                     results[i] = NOT_APPLIED
             else:
-                self._known[sub_id] = raw.decode("utf-8", "replace")
+                self._known[sub_id] = (raw.decode("utf-8", "replace"), None)
         for _ in range(MAX_CAS_ROUNDS):
             if not by_sub:
                 break
             items: list[tuple[str, str, str]] = []
             merged: dict[str, tuple[JsonObject, list[MergeResult]]] = {}
             for sub_id, idxs in list(by_sub.items()):
-                expected = self._known[sub_id]
+                expected, parsed = self._known[sub_id]
                 try:
-                    doc = loads_object(expected)
+                    # merges set top-level fields only, so a shallow copy keeps `parsed` intact
+                    doc = dict(parsed) if parsed is not None else loads_object(expected)
                 except RecordError:
                     for i in by_sub.pop(sub_id):
                         results[i] = NOT_APPLIED
@@ -84,7 +86,7 @@ class SubscriptionUpdater:
                 idxs = by_sub[sub_id]
                 if status == "ok":
                     doc, outcomes = merged[sub_id]
-                    self._known[sub_id] = new
+                    self._known[sub_id] = (new, doc)
                     for i, outcome in zip(idxs, outcomes, strict=True):
                         results[i] = Applied(outcome, doc)
                     del by_sub[sub_id]
@@ -94,7 +96,7 @@ class SubscriptionUpdater:
                         results[i] = NOT_APPLIED
                     del by_sub[sub_id]
                 else:
-                    self._known[sub_id] = current.decode("utf-8", "replace")
+                    self._known[sub_id] = (current.decode("utf-8", "replace"), None)
         if by_sub:
             raise RuntimeError(f"subscriptions kept changing during the update: {list(by_sub)}")
         return [r if r is not None else NOT_APPLIED for r in results]
