@@ -645,13 +645,14 @@ class Dispatcher:
             change = SubscriptionChange(True, now, d.delivery_id)
             write = FinalWrite(d.delivery_id, job.token, record)
             self._push_final(write, (d.subscription_id, change))
-            logs.debug(
-                "delivery_succeeded",
-                delivery_id=d.delivery_id,
-                status=result.status,
-                attempts=attempts,
-                ms=result.elapsed_ms,
-            )
+            if logs.debugging():
+                logs.debug(
+                    "delivery_succeeded",
+                    delivery_id=d.delivery_id,
+                    status=result.status,
+                    attempts=attempts,
+                    ms=result.elapsed_ms,
+                )
             return
         self.metrics.attempt(tenant, event_type)
         self.metrics.observe(tenant, event_type, outcome.reason, result.elapsed_ms / 1000)

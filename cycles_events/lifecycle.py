@@ -51,13 +51,11 @@ def succeeded(
 ) -> JsonObject:
     """The delivery record after a 2xx."""
     doc = dict(delivery.doc)
-    doc.update(
-        status="SUCCESS",
-        attempts=attempts,
-        response_status=status,
-        response_time_ms=elapsed_ms,
-        completed_at=format_instant(now_ms),
-    )
+    doc["status"] = "SUCCESS"
+    doc["attempts"] = attempts
+    doc["response_status"] = status
+    doc["response_time_ms"] = elapsed_ms
+    doc["completed_at"] = format_instant(now_ms)
     doc.pop("error_message", None)
     doc.pop("next_retry_at", None)
     return doc

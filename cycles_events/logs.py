@@ -48,6 +48,11 @@ def log(level: int, action: str, **fields: Any) -> None:
         _logger.log(level, action, extra={"fields": fields})
 
 
+def debugging() -> bool:
+    """Whether DEBUG lines are written (lets a hot path skip building them)."""
+    return _logger.isEnabledFor(logging.DEBUG)
+
+
 def debug(action: str, **fields: Any) -> None:
     """Log at DEBUG."""
     log(logging.DEBUG, action, **fields)

@@ -199,7 +199,7 @@ class Sender:
         pool.in_flight += 1
         try:
             async with pool.session.post(
-                url_to_send, data=body, headers=dict(headers), allow_redirects=False
+                url_to_send, data=body, headers=headers, allow_redirects=False
             ) as resp:
                 status = resp.status
                 retry_after = resp.headers.get("Retry-After")
@@ -225,6 +225,9 @@ class Sender:
 
 async def read_bounded(resp: aiohttp.ClientResponse, limit: int = MAX_RESPONSE_BYTES) -> int:
     """Read and discard at most `limit` bytes of a body; drop the connection if there is more."""
+    length = resp.content_length
+    if length is not None and length <= limit:  # framed by Content-Length: one read
+        return len(await resp.read())
     total = 0
     while total < limit:
         chunk = await resp.content.read(limit - total)
