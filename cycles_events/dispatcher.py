@@ -211,13 +211,16 @@ class Dispatcher:
                 continue
             token = self._token()
             try:
-                ids, dups = await self.store.claim(min(free, CLAIM_BATCH), token, self.clock())
+                ids, records, dups = await self.store.claim(
+                    min(free, CLAIM_BATCH), token, self.clock()
+                )
                 self.redis_state.ok()
                 self.consuming = True
                 backoff = 0.1
+                loaded: list[bytes | None] | None = records
                 if not ids and not dups:
                     one = await self.store.claim_blocking(self.opt.pending_timeout_s, token)
-                    ids = [one] if one else []
+                    ids, loaded = ([one] if one else []), None
             except UNAVAILABLE as exc:
                 self._redis_failed(exc)
                 self.consuming = False
@@ -234,7 +237,7 @@ class Dispatcher:
             for i in ids:
                 self.held[i] = token
             self._loading += len(ids)
-            self._spawn(self._handle(ids, token), "deliveries")
+            self._spawn(self._handle(ids, token, loaded), "deliveries")
 
     def _room(self) -> int:
         """How many ids a claim may take now."""
@@ -283,7 +286,9 @@ class Dispatcher:
 
     # --- loading and deciding -------------------------------------------------------------
 
-    async def _handle(self, ids: list[str], token: str) -> None:
+    async def _handle(
+        self, ids: list[str], token: str, raws: list[bytes | None] | None = None
+    ) -> None:
         """Load a claimed batch and take each delivery as far as a send or a final write.
 
         An unexpected error affects only the deliveries not yet handed on: each is retried.
@@ -291,7 +296,8 @@ class Dispatcher:
         try:
             parsed: list[Delivery] = []
             try:
-                raws = await self._redis(lambda: self.store.load_deliveries(ids))
+                if raws is None:
+                    raws = await self._redis(lambda: self.store.load_deliveries(ids))
             except Exception as exc:
                 await self._unexpected(ids, token, exc)
                 return

@@ -15,9 +15,12 @@ EVENTS_PATTERN = "events:*"
 DELIVERIES_PATTERN = "deliveries:*"
 
 
+DELIVERY_PREFIX = "delivery:"
+
+
 def delivery(delivery_id: str) -> str:
     """The delivery record."""
-    return f"delivery:{delivery_id}"
+    return f"{DELIVERY_PREFIX}{delivery_id}"
 
 
 def deliveries(subscription_id: str) -> str:
@@ -54,9 +57,12 @@ CLAIM = """
 -- CLAIM: take up to ARGV[1] ids from the right of dispatch:pending into dispatch:processing.
 -- KEYS[1] dispatch:pending, KEYS[2] dispatch:processing,
 -- KEYS[3] dispatch:processing:claimed_at, KEYS[4] dispatch:processing:claim_owner
--- ARGV[1] max ids, ARGV[2] now ms, ARGV[3] claim token
--- An id already claimed by someone is a concurrent duplicate: it is dropped, not sent twice.
+-- ARGV[1] max ids, ARGV[2] now ms, ARGV[3] claim token, ARGV[4] the delivery key prefix
+-- Also reads delivery:{id} of each id claimed (false when missing or not a string), saving
+-- the batch a round trip. An id already claimed by someone is a concurrent duplicate: it is
+-- dropped, not sent twice.
 local out = {}
+local records = {}
 local dups = 0
 for _ = 1, tonumber(ARGV[1]) do
   local id = redis.call('RPOP', KEYS[1])
@@ -65,11 +71,14 @@ for _ = 1, tonumber(ARGV[1]) do
     redis.call('LPUSH', KEYS[2], id)
     redis.call('ZADD', KEYS[3], ARGV[2], id)
     out[#out + 1] = id
+    local record = redis.pcall('GET', ARGV[4] .. id)
+    if type(record) ~= 'string' then record = false end
+    records[#records + 1] = record
   else
     dups = dups + 1
   end
 end
-return {out, dups}
+return {out, dups, records}
 """
 
 ADOPT = """

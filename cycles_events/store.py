@@ -125,6 +125,14 @@ class Related:
     parsed: dict[bytes, JsonObject | None] = field(default_factory=dict)
 
 
+class Claimed(NamedTuple):
+    """Ids just claimed, their delivery records (None when missing), and duplicates dropped."""
+
+    ids: list[str]
+    records: list[bytes | None]
+    duplicates: int
+
+
 class FinalWrite(NamedTuple):
     """A delivery's last write: its record, a retry to schedule, or a quarantine entry."""
 
@@ -169,13 +177,14 @@ class Store:
         """PING Redis."""
         return bool(await self.redis.ping())
 
-    async def claim(self, limit: int, token: str, now_ms: int) -> tuple[list[str], int]:
-        """Claim up to `limit` ids; also returns how many concurrent duplicates were dropped."""
-        ids, dups = await self._claim(
+    async def claim(self, limit: int, token: str, now_ms: int) -> Claimed:
+        """Claim up to `limit` ids with their records, counting concurrent duplicates dropped."""
+        ids, dups, records = await self._claim(
             keys=[keys.PENDING, keys.PROCESSING, keys.CLAIMED_AT, keys.CLAIM_OWNER],
-            args=[limit, now_ms, token],
+            args=[limit, now_ms, token, keys.DELIVERY_PREFIX],
         )
-        return [_s(i) for i in ids], int(dups)
+        # Lua's false arrives as None
+        return Claimed([_s(i) for i in ids], _bytes_list(records), int(dups))
 
     async def claim_blocking(self, timeout_s: float, token: str) -> str | None:
         """Wait up to `timeout_s` for one id and claim it (None on timeout or duplicate)."""
