@@ -303,7 +303,7 @@ class Dispatcher:
                 return
             for delivery_id, raw in zip(ids, raws, strict=True):
                 try:
-                    d = await self._screen(delivery_id, raw, token)
+                    d = self._screen(delivery_id, raw, token)
                 except Exception as exc:
                     await self._unexpected([delivery_id], token, exc)
                     continue
@@ -322,7 +322,7 @@ class Dispatcher:
                 return
             for d in parsed:
                 try:
-                    job = await self._prepare(d, token, related)
+                    job = self._prepare(d, token, related)
                 except Exception as exc:
                     await self._unexpected([d.delivery_id], token, exc)
                     continue
@@ -332,12 +332,12 @@ class Dispatcher:
             self._loading -= len(ids)
             self._wake_claimer()
 
-    async def _screen(self, delivery_id: str, raw: bytes | None, token: str) -> Delivery | None:
+    def _screen(self, delivery_id: str, raw: bytes | None, token: str) -> Delivery | None:
         """Step 1: drop, quarantine, skip or defer; returns the delivery when it goes on."""
         if raw is None:
             self.metrics.dropped.labels("missing_record").inc()
             logs.info("delivery_missing", delivery_id=delivery_id)
-            await self._final(delivery_id, token)
+            self._final(FinalWrite(delivery_id, token))
             return None
         try:
             d = Delivery.parse(delivery_id, raw)
@@ -345,21 +345,21 @@ class Dispatcher:
             self.metrics.quarantined.inc()
             logs.warning("delivery_quarantined", delivery_id=delivery_id, reason=str(exc))
             entry = quarantine_entry(delivery_id, "corrupt_record", raw, self.clock())
-            await self._final(delivery_id, token, quarantine=entry)
+            self._final(FinalWrite(delivery_id, token, quarantine=entry))
             return None
         if d.status not in ACTIVE_STATUSES:
             self.metrics.dropped.labels("not_pending").inc()
             logs.debug("delivery_skipped", delivery_id=delivery_id, status=d.status)
-            await self._final(delivery_id, token)
+            self._final(FinalWrite(delivery_id, token))
             return None
         due = d.next_retry_at_ms
         if d.status == "RETRYING" and due is not None and due > self.clock() + RETRY_TOLERANCE_MS:
             logs.debug("delivery_not_due", delivery_id=delivery_id)
-            await self._final(delivery_id, token, retry_at_ms=due)
+            self._final(FinalWrite(delivery_id, token, retry_at_ms=due))
             return None
         return d
 
-    async def _prepare(self, d: Delivery, token: str, related: Related) -> Job | None:
+    def _prepare(self, d: Delivery, token: str, related: Related) -> Job | None:
         """Steps 2-7: stale, event, subscription, URL policy, secret."""
         now = self.clock()
         ev_raw = related.events.get(d.event_id)
@@ -377,15 +377,15 @@ class Dispatcher:
             msg = lifecycle.stale_message(now - d.attempted_at_ms, self.opt.max_age_ms)
             self.metrics.stale_delivery(tenant)
             logs.info("delivery_stale", delivery_id=d.delivery_id)
-            await self._final(d.delivery_id, token, record=lifecycle.failed(d, now, msg))
+            self._final(FinalWrite(d.delivery_id, token, lifecycle.failed(d, now, msg)))
             return None
         if ev_raw is None:
-            await self._fail_upstream(
+            self._fail_upstream(
                 d, token, tenant, "event_not_found", f"Event not found: {d.event_id}"
             )
             return None
         if event is None:
-            await self._fail_upstream(
+            self._fail_upstream(
                 d, token, tenant, "invalid_record", f"Event record is not valid JSON: {d.event_id}"
             )
             return None
@@ -393,24 +393,24 @@ class Dispatcher:
             self.metrics.invalid_payload(text(event, "event_type"), rule)
         d = lifecycle.with_trace(d, event)
         if sub_raw is None:
-            await self._fail_upstream(
+            self._fail_upstream(
                 d, token, tenant, "subscription_not_found", "Subscription not found"
             )
             return None
         if sub is None:
-            await self._fail_upstream(
+            self._fail_upstream(
                 d, token, tenant, "invalid_record", "Subscription record is not valid JSON"
             )
             return None
         status = sub.get("status")
         if status != "ACTIVE":
-            await self._fail_upstream(
+            self._fail_upstream(
                 d, token, tenant, "subscription_inactive", f"Subscription not active: {status}"
             )
             return None
         url = sub.get("url")
         if not isinstance(url, str) or not url.strip():
-            await self._fail_upstream(
+            self._fail_upstream(
                 d, token, tenant, "ssrf_blocked", "URL blocked: subscription has no URL"
             )
             return None
@@ -419,12 +419,13 @@ class Dispatcher:
             logs.warning(
                 "security_config_invalid", delivery_id=d.delivery_id, error=self.policy.error
             )
-            await self._release(d.delivery_id, token, self.clock() + ERROR_RETRY_DELAY_MS)
+            retry_at = self.clock() + ERROR_RETRY_DELAY_MS
+            self._spawn(self._release(d.delivery_id, token, retry_at), "release")
             return None
         try:
             self.policy.current().check_url(url)
         except UrlBlocked as exc:
-            await self._fail_upstream(d, token, tenant, "ssrf_blocked", str(exc))
+            self._fail_upstream(d, token, tenant, "ssrf_blocked", str(exc))
             return None
         secret: str | None = None
         stored = related.secrets.get(d.subscription_id)
@@ -432,7 +433,7 @@ class Dispatcher:
             try:
                 secret = self._decrypt(d.subscription_id, stored)
             except SecretError as exc:
-                await self._fail_upstream(
+                self._fail_upstream(
                     d, token, tenant, "secret_error", f"Signing secret unusable: {exc}"
                 )
                 return None
@@ -466,14 +467,13 @@ class Dispatcher:
             self._secrets[key] = secret
         return secret
 
-    async def _fail_upstream(
+    def _fail_upstream(
         self, d: Delivery, token: str, tenant: str | None, reason: str, message: str
     ) -> None:
         """End a delivery FAILED before any send; never counts against the subscription."""
         self.metrics.failure(tenant, d.event_type, reason)
         logs.info("delivery_failed", delivery_id=d.delivery_id, reason=reason, error=message)
-        await self._final(d.delivery_id, token, record=lifecycle.failed(d, self.clock(), message))
-        return None
+        self._final(FinalWrite(d.delivery_id, token, lifecycle.failed(d, self.clock(), message)))
 
     # --- per-subscription gate --------------------------------------------------------------
 
@@ -637,7 +637,7 @@ class Dispatcher:
                 error=result.blocked,
             )
             record = lifecycle.failed(d, now, result.blocked)
-            self._push_final(FinalWrite(d.delivery_id, job.token, record), None)
+            self._final(FinalWrite(d.delivery_id, job.token, record))
             return
         attempts = d.attempts + 1
         outcome = classify(result.status, result.error)
@@ -650,7 +650,7 @@ class Dispatcher:
             )
             change = SubscriptionChange(True, now, d.delivery_id)
             write = FinalWrite(d.delivery_id, job.token, record)
-            self._push_final(write, (d.subscription_id, change))
+            self._final(write, (d.subscription_id, change))
             if logs.debugging():
                 logs.debug(
                     "delivery_succeeded",
@@ -676,7 +676,7 @@ class Dispatcher:
                 message=message,
                 next_retry_ms=retry_at,
             )
-            self._push_final(FinalWrite(d.delivery_id, job.token, record, retry_at), None)
+            self._final(FinalWrite(d.delivery_id, job.token, record, retry_at))
             logs.info(
                 "delivery_retrying",
                 delivery_id=d.delivery_id,
@@ -754,7 +754,7 @@ class Dispatcher:
                     sub_now, d, job.event, applied.result.previous_status or "ACTIVE", now
                 )
             )
-        await self._final(d.delivery_id, job.token, record=record)
+        self._final(FinalWrite(d.delivery_id, job.token, record))
         logs.info(
             "delivery_failed",
             delivery_id=d.delivery_id,
@@ -766,21 +766,14 @@ class Dispatcher:
     async def _save_event(self, event: JsonObject) -> None:
         await self._redis(lambda: self.store.save_event(event, self.opt.event_ttl_s))
 
-    async def _final(
-        self,
-        delivery_id: str,
-        token: str,
-        *,
-        record: JsonObject | None = None,
-        retry_at_ms: int | None = None,
-        quarantine: JsonObject | None = None,
+    def _final(
+        self, write: FinalWrite, change: tuple[str, SubscriptionChange] | None = None
     ) -> None:
-        """The delivery's last write, waited for."""
-        write = FinalWrite(delivery_id, token, record, retry_at_ms, quarantine)
-        self._written(write, await self._commit.submit((write, None)))
+        """Queue a delivery's last write (and its subscription's success merge, if any).
 
-    def _push_final(self, write: FinalWrite, change: tuple[str, SubscriptionChange] | None) -> None:
-        """The last write of a sent delivery, with its subscription's success merge if any."""
+        Final writes are group committed and never awaited by the delivery: the claim stays
+        ours (and heartbeated) until the write lands, and a drain waits for all of them.
+        """
         self._recording += 1
 
         def done(owned: bool | None, exc: BaseException | None) -> None:
