@@ -154,16 +154,38 @@ def _second_text(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
+# Values orjson reads and writes exactly as the standard library does. It reads integers past
+# 64 bits as floats and writes non-finite floats as null, so a record holding a float or a
+# nested value goes through the standard library instead: what is written back keeps every
+# digit.
+_EXACT = frozenset({str, int, bool, type(None)})
+
+
 def dumps(obj: Any) -> str:
     """Compact JSON as the Java services write it (UTF-8, no spaces, field order kept)."""
-    try:
-        return orjson.dumps(obj).decode()
-    except (orjson.JSONEncodeError, TypeError):  # integers past 64 bits, lone surrogates
-        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    if type(obj) is dict and all(type(v) in _EXACT for v in obj.values()):
+        try:
+            return orjson.dumps(obj).decode()
+        except orjson.JSONEncodeError:  # an integer past 64 bits, a lone surrogate
+            pass
+    # The standard writer for the rest: orjson would write a non-finite float (which only a
+    # record read with NaN or Infinity in it can hold) as null; this writes it back as read.
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
 def loads_object(raw: bytes | str) -> JsonObject:
     """Parse a JSON object, raising RecordError for anything else."""
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    else:
+        if type(value) is dict:
+            for item in value.values():
+                if type(item) not in _EXACT:
+                    break
+            else:
+                return value
     try:
         value = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cycles_events.crypto import SecretError, decrypt_secret, encrypt_secret
-from cycles_events.models import Delivery, RecordError
+from cycles_events.models import Delivery, RecordError, dumps, loads_object
 from cycles_events.urlguard import (
     SecurityConfigError,
     SecurityPolicy,
@@ -186,6 +186,23 @@ records = st.one_of(
         },
     ).map(_record),
 )
+
+
+big_ints = st.integers(min_value=2**63 - 4, max_value=2**70) | st.integers(
+    max_value=-(2**63) + 4, min_value=-(2**70)
+)
+objects = st.dictionaries(st.text(max_size=8), json_values | big_ints, max_size=6)
+
+
+@FAST
+@given(objects)
+def test_records_parse_and_write_back_exactly_as_the_standard_library(doc: dict[str, Any]) -> None:
+    # the fast parser must never round a big integer or change any other value
+    raw = json.dumps(doc).encode()
+    parsed = loads_object(raw)
+    assert parsed == json.loads(raw)
+    assert [type(v) for v in parsed.values()] == [type(v) for v in json.loads(raw).values()]
+    assert json.loads(dumps(parsed)) == parsed
 
 
 @FAST
