@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import (
@@ -14,14 +17,94 @@ from prometheus_client import (
 from prometheus_client import (
     process_collector as _process,
 )
+from prometheus_client.metrics_core import Metric
+from prometheus_client.utils import floatToGoString
 
 UNKNOWN = "UNKNOWN"
+_go_float: Callable[[float], str] = floatToGoString  # how prometheus_client writes `le`
 MAX_CHILDREN = 100_000
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
 def _tag(value: str | None) -> str:
     return value if value and value.strip() else UNKNOWN
+
+
+class LoopCounter:
+    """A labelled counter kept as plain numbers, for the delivery path.
+
+    The event loop is the only writer, so it needs none of the locks prometheus_client takes on
+    every increment; it is exposed exactly as a prometheus_client Counter is.
+    """
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry
+    ) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, tuple(labelnames)
+        self.cells: dict[tuple[str, ...], list[float]] = {}  # labels -> [value, created]
+        registry.register(self)
+
+    def cell(self, labels: tuple[str, ...]) -> list[float]:
+        """The [value, created] cell of a label set (add to index 0)."""
+        cell = self.cells.get(labels)
+        if cell is None:
+            cell = self.cells[labels] = [0.0, time.time()]
+        return cell
+
+    def collect(self) -> Iterator[Metric]:
+        """The family as prometheus_client writes a Counter."""
+        family = Metric(self.name, self.documentation, "counter")
+        for labels, (value, created) in list(self.cells.items()):
+            named = dict(zip(self.labelnames, labels, strict=True))
+            family.add_sample(self.name + "_total", named, value)
+            family.add_sample(self.name + "_created", named, created)
+        yield family
+
+
+class LoopHistogram:
+    """A labelled histogram kept as plain numbers (see LoopCounter)."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        buckets: Sequence[float],
+        registry: CollectorRegistry,
+    ) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, tuple(labelnames)
+        self.bounds = list(buckets)
+        self._le = [_go_float(b) for b in self.bounds] + ["+Inf"]
+        # labels -> [count per bucket (not cumulative)..., sum, created]
+        self.cells: dict[tuple[str, ...], list[float]] = {}
+        registry.register(self)
+
+    def cell(self, labels: tuple[str, ...]) -> list[float]:
+        """The cell of a label set, for `observe`."""
+        cell = self.cells.get(labels)
+        if cell is None:
+            cell = self.cells[labels] = [0.0] * (len(self._le) + 1) + [time.time()]
+        return cell
+
+    def observe(self, cell: list[float], value: float) -> None:
+        """Count one observation in a cell."""
+        cell[bisect.bisect_left(self.bounds, value)] += 1
+        cell[-2] += value
+
+    def collect(self) -> Iterator[Metric]:
+        """The family as prometheus_client writes a Histogram."""
+        family = Metric(self.name, self.documentation, "histogram")
+        n = len(self._le)
+        for labels, cell in list(self.cells.items()):
+            named = dict(zip(self.labelnames, labels, strict=True))
+            total = 0.0
+            for le, count in zip(self._le, cell[:n], strict=True):
+                total += count
+                family.add_sample(self.name + "_bucket", {**named, "le": le}, total)
+            family.add_sample(self.name + "_count", named, total)
+            family.add_sample(self.name + "_sum", named, cell[n])
+            family.add_sample(self.name + "_created", named, cell[n + 1])
+        yield family
 
 
 class Metrics:
@@ -33,13 +116,13 @@ class Metrics:
         self.tenant_tag = tenant_tag
         t: tuple[str, ...] = ("tenant",) if tenant_tag else ()
         r = self.registry
-        self.attempts = Counter(
+        self.attempts = LoopCounter(
             "cycles_webhook_delivery_attempts",
             "Webhook delivery attempts (HTTP sends)",
             [*t, "event_type"],
             registry=r,
         )
-        self.success = Counter(
+        self.success = LoopCounter(
             "cycles_webhook_delivery_success",
             "Successful webhook deliveries",
             [*t, "event_type", "status_code_family"],
@@ -69,7 +152,7 @@ class Metrics:
             [*t, "reason"],
             registry=r,
         )
-        self.latency = Histogram(
+        self.latency = LoopHistogram(
             "cycles_webhook_delivery_latency_seconds",
             "HTTP round trip of webhook deliveries",
             [*t, "event_type", "outcome"],
@@ -163,22 +246,22 @@ class Metrics:
         if bundle is None:
             t, e = self._t(tenant), _tag(event_type)
             bundle = self._children[key] = (
-                self._child(self.attempts, *t, e),
-                self._child(self.latency, *t, e, "success"),
-                self._child(self.success, *t, e, family),
+                self.attempts.cell((*t, e)),
+                self.latency.cell((*t, e, "success")),
+                self.success.cell((*t, e, family)),
             )
         attempts, latency, success = bundle
-        attempts.inc()
-        latency.observe(seconds)
-        success.inc()
+        attempts[0] += 1
+        self.latency.observe(latency, seconds)
+        success[0] += 1
 
     def attempt(self, tenant: str | None, event_type: str | None) -> None:
         """Count an HTTP send."""
-        self._child(self.attempts, *self._t(tenant), _tag(event_type)).inc()
+        self.attempts.cell((*self._t(tenant), _tag(event_type)))[0] += 1
 
     def succeeded(self, tenant: str | None, event_type: str | None, family: str) -> None:
         """Count a successful delivery."""
-        self._child(self.success, *self._t(tenant), _tag(event_type), family).inc()
+        self.success.cell((*self._t(tenant), _tag(event_type), family))[0] += 1
 
     def failure(self, tenant: str | None, event_type: str | None, reason: str) -> None:
         """Count a delivery that ended FAILED."""
@@ -200,7 +283,8 @@ class Metrics:
         self, tenant: str | None, event_type: str | None, outcome: str, seconds: float
     ) -> None:
         """Record one HTTP round trip."""
-        self._child(self.latency, *self._t(tenant), _tag(event_type), outcome).observe(seconds)
+        cell = self.latency.cell((*self._t(tenant), _tag(event_type), outcome))
+        self.latency.observe(cell, seconds)
 
     def invalid_payload(self, event_type: str | None, rule: str) -> None:
         """Count a payload-shape problem."""
