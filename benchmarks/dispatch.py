@@ -41,6 +41,9 @@ BODY = json.dumps(
 ).encode()
 
 
+WARM_UP = 500
+
+
 def pct(values: list[float], q: float) -> float:
     """The q-th percentile (0-100) of values."""
     ordered = sorted(values)
@@ -170,14 +173,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         wait_http(f"http://127.0.0.1:{recv_port}/_stats")
         await admin.security()
-        # 1. the ceiling: raw aiohttp POSTs (warm-up, then measured)
-        await raw_rate(recv_port, 500, args.concurrency, same_request_headers)
-        raw = await raw_rate(recv_port, args.n, args.concurrency, same_request_headers)
+        # 1. the ceiling: raw aiohttp POSTs (warm-up, then measured); measured again after the
+        # burst, and the higher of the two is the headline (the conservative choice)
+        await raw_rate(recv_port, WARM_UP, args.concurrency, same_request_headers)
+        raw_before = await raw_rate(recv_port, args.n, args.concurrency, same_request_headers)
         raw_minimal = await raw_rate(recv_port, args.n, args.concurrency, minimal_headers)
         reset(recv_port)
 
         # 2. records for every phase, written as the admin does, before the daemon starts
         subs = max(1, args.concurrency // 8)
+        warm = await prepare(admin, recv_port, WARM_UP, subs)
         burst = await prepare(admin, recv_port, args.n, subs)
         paced = await prepare(admin, recv_port, args.paced_n, subs)
         flaky = await prepare(
@@ -212,6 +217,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         wait_http(f"http://127.0.0.1:{mgmt}/actuator/health/readiness")
 
+        # warm-up, as the raw loop had: connections opened, start-up housekeeping done
+        await client.lpush("dispatch:pending", *[d for d, _ in warm])
+        await wait_received(recv_port, [e for _, e in warm], timeout=120)
+        reset(recv_port)
+
         # burst: everything pushed at once, throughput from first push to last receipt
         ids = [d for d, _ in burst]
         pushed = time.time()
@@ -223,6 +233,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         last = max(got[e][0] for _, e in burst)
         rate = args.n / (last - pushed)
         reset(recv_port)
+        raw_after = await raw_rate(recv_port, args.n, args.concurrency, same_request_headers)
+        reset(recv_port)
+        raw = max(raw_before, raw_after)
 
         # paced: push at a steady rate well below capacity, latency push -> receipt
         push_times: dict[str, float] = {}
@@ -251,6 +264,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "concurrency": args.concurrency,
             "subscriptions": subs,
             "raw_posts_per_s": round(raw, 1),
+            "raw_posts_per_s_before": round(raw_before, 1),
+            "raw_posts_per_s_after": round(raw_after, 1),
             "dispatch_per_s": round(rate, 1),
             "ratio_to_raw": round(rate / raw, 3),
             "raw_minimal_posts_per_s": round(raw_minimal, 1),
@@ -287,7 +302,7 @@ def _counter(exposition: str, name: str) -> float:
 def main() -> None:
     """Parse arguments, run, print."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--n", type=int, default=5000, help="deliveries in the burst")
+    parser.add_argument("--n", type=int, default=20000, help="deliveries in the burst")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--paced-n", type=int, default=1000)
     parser.add_argument("--paced-rate", type=float, default=200.0, help="pushes per second")
@@ -302,7 +317,9 @@ def main() -> None:
     print("cycles-events dispatch benchmark (one daemon process, loopback receiver)")
     print(
         f"  ceiling   raw aiohttp POST loop      {figures['raw_posts_per_s']:>9.1f} req/s"
-        "  (the same request: body and header set)"
+        "  (the same request: body and header set; the higher of"
+        f" {figures['raw_posts_per_s_before']:.0f} before and"
+        f" {figures['raw_posts_per_s_after']:.0f} after the burst)"
     )
     print(
         f"            minimal POST loop          {figures['raw_minimal_posts_per_s']:>9.1f} req/s"
