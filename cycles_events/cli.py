@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import getpass
 import json
 import re
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 PROG = "cycles-events"
+GC_THRESHOLD = 20_000  # allocations between young-generation collections (Python: 700)
 
 
 def _settings() -> Settings:
@@ -45,9 +47,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     logs.configure(settings.log_level)
 
     async def main() -> int:
-        return await App(settings).run()
+        app = App(settings)
+        tune_gc()
+        return await app.run()
 
     return asyncio.run(main())
+
+
+def tune_gc() -> None:
+    """Collect less often, and never scan what start-up built (the daemon's process only).
+
+    A delivery allocates dozens of short-lived containers, nearly all freed by reference
+    counting, yet at the default threshold (700) the collector ran every few deliveries and
+    each run scanned the long-lived objects too: about a tenth of the dispatcher's CPU.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 10, 10)
 
 
 def cmd_healthcheck(args: argparse.Namespace) -> int:
