@@ -692,7 +692,7 @@ class Dispatcher:
         )
         self._recording += 1
         self._spawn(
-            self._record_failure(job, now, record, attempts, result, message),
+            self._record_failure(job, now, record, attempts, result, message, outcome.reason),
             "failure",
             final_write=True,
         )
@@ -705,63 +705,53 @@ class Dispatcher:
         attempts: int,
         result: SendResult,
         message: str,
+        reason: str,
     ) -> None:
         """A terminal failure: the subscription's failure count, meta-events, then the record."""
+        d, tenant = job.delivery, job.tenant
         try:
-            await self._write_failure(job, now, record, attempts, result, message)
+            applied = await self._redis(
+                lambda: self.subscriptions.apply(
+                    d.subscription_id, SubscriptionChange(False, now, d.delivery_id)
+                )
+            )
+            sub_now = applied.subscription or job.subscription
+            await self._save_event(
+                lifecycle.delivery_failed_event(
+                    sub_now,
+                    d,
+                    job.event,
+                    attempts=attempts,
+                    status=result.status,
+                    error=message,
+                    now_ms=now,
+                )
+            )
+            if applied.result.disabled:
+                self.metrics.disabled(tenant, lifecycle.DISABLE_REASON)
+                logs.warning(
+                    "subscription_auto_disabled",
+                    delivery_id=d.delivery_id,
+                    subscription_id=d.subscription_id,
+                )
+                await self._save_event(
+                    lifecycle.disabled_event(
+                        sub_now, d, job.event, applied.result.previous_status or "ACTIVE", now
+                    )
+                )
+            self._final(FinalWrite(d.delivery_id, job.token, record))
+            logs.info(
+                "delivery_failed",
+                delivery_id=d.delivery_id,
+                reason=reason,
+                error=message,
+                attempts=attempts,
+            )
         except Exception as exc:
-            await self._unexpected([job.delivery.delivery_id], job.token, exc)
+            await self._unexpected([d.delivery_id], job.token, exc)
         finally:
             self._recording -= 1
             self._wake_claimer()
-
-    async def _write_failure(
-        self,
-        job: Job,
-        now: int,
-        record: JsonObject,
-        attempts: int,
-        result: SendResult,
-        message: str,
-    ) -> None:
-        d, tenant = job.delivery, job.tenant
-        applied = await self._redis(
-            lambda: self.subscriptions.apply(
-                d.subscription_id, SubscriptionChange(False, now, d.delivery_id)
-            )
-        )
-        sub_now = applied.subscription or job.subscription
-        await self._save_event(
-            lifecycle.delivery_failed_event(
-                sub_now,
-                d,
-                job.event,
-                attempts=attempts,
-                status=result.status,
-                error=message,
-                now_ms=now,
-            )
-        )
-        if applied.result.disabled:
-            self.metrics.disabled(tenant, lifecycle.DISABLE_REASON)
-            logs.warning(
-                "subscription_auto_disabled",
-                delivery_id=d.delivery_id,
-                subscription_id=d.subscription_id,
-            )
-            await self._save_event(
-                lifecycle.disabled_event(
-                    sub_now, d, job.event, applied.result.previous_status or "ACTIVE", now
-                )
-            )
-        self._final(FinalWrite(d.delivery_id, job.token, record))
-        logs.info(
-            "delivery_failed",
-            delivery_id=d.delivery_id,
-            reason=classify(result.status, result.error).reason,
-            error=message,
-            attempts=attempts,
-        )
 
     async def _save_event(self, event: JsonObject) -> None:
         await self._redis(lambda: self.store.save_event(event, self.opt.event_ttl_s))
