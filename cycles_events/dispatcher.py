@@ -54,6 +54,7 @@ FINAL_WRITE_GRACE_S = 5.0
 MAX_CACHED_SECRETS = 10_000
 ERROR_RETRY_DELAY_MS = 5000
 MAX_REDIS_BACKOFF_S = 5.0
+IDLE_WORKER_CHECK_S = 1.0
 
 
 def now_ms() -> int:
@@ -571,7 +572,12 @@ class Dispatcher:
             waiter = loop.create_future()
             self._idle_workers.append(waiter)
             try:
-                await waiter
+                # woken by _gate; the timeout only bounds the wait should a wake-up be missed
+                async with asyncio.timeout(IDLE_WORKER_CHECK_S):
+                    await waiter
+            except TimeoutError:
+                with contextlib.suppress(ValueError):  # not woken: no longer idle either
+                    self._idle_workers.remove(waiter)
             finally:
                 if not waiter.done():
                     waiter.cancel()

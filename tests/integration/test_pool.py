@@ -176,3 +176,15 @@ async def test_never_more_than_the_concurrency_in_flight(
     await admin.wait_status(ids, {"SUCCESS"}, timeout=30)
     assert peak == 8
     assert app.dispatcher.active == 0
+
+
+async def test_idle_workers_do_not_pile_up_wake_ups(
+    start_app: StartApp, admin: Admin, receiver: Receiver, redis: Redis
+) -> None:
+    await admin.security()
+    sub = await admin.subscription(receiver.url())
+    app = await start_app(DISPATCH_CONCURRENCY=4)
+    await asyncio.sleep(2.5)  # idle workers re-check every second
+    assert len(app.dispatcher._idle_workers) <= 4
+    delivery_id = await admin.deliver(sub)
+    await admin.wait_status([delivery_id], {"SUCCESS"}, timeout=10)
