@@ -54,7 +54,6 @@ FINAL_WRITE_GRACE_S = 5.0
 MAX_CACHED_SECRETS = 10_000
 ERROR_RETRY_DELAY_MS = 5000
 MAX_REDIS_BACKOFF_S = 5.0
-IDLE_WORKER_CHECK_S = 1.0
 
 
 def now_ms() -> int:
@@ -198,6 +197,8 @@ class Dispatcher:
         while self.accepting:
             if self._fatal is not None:
                 raise RuntimeError("a dispatch worker died") from self._fatal
+            if self._runnable:  # a safety net: a runnable delivery never waits on a lost wake-up
+                self._wake_workers()
             # Claimed deliveries wait (prefetched) for their subscription's next free slot; when
             # busy, claim only once a batch's worth of room is free, so each claim and its two
             # loads serve many deliveries rather than one.
@@ -569,15 +570,11 @@ class Dispatcher:
                 self._sending += 1
                 await self._send(job)
                 continue
+            # woken by _gate, by stop_claiming, and by the claimer at least every second
             waiter = loop.create_future()
             self._idle_workers.append(waiter)
             try:
-                # woken by _gate; the timeout only bounds the wait should a wake-up be missed
-                async with asyncio.timeout(IDLE_WORKER_CHECK_S):
-                    await waiter
-            except TimeoutError:
-                with contextlib.suppress(ValueError):  # not woken: no longer idle either
-                    self._idle_workers.remove(waiter)
+                await waiter
             finally:
                 if not waiter.done():
                     waiter.cancel()
