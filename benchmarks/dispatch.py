@@ -161,6 +161,20 @@ async def wait_received(
         await asyncio.sleep(0.1)
 
 
+async def burst_rate(client: Redis, port: int, burst: list[tuple[str, str]]) -> float:
+    """Push a whole burst at once: deliveries per second from the push to the last receipt."""
+    ids = [d for d, _ in burst]
+    pushed = time.time()
+    pipe = client.pipeline(transaction=False)
+    for chunk in range(0, len(ids), 1000):
+        pipe.lpush("dispatch:pending", *ids[chunk : chunk + 1000])
+    await pipe.execute()
+    got = await wait_received(port, [e for _, e in burst], timeout=300)
+    last = max(got[e][0] for _, e in burst)
+    reset(port)
+    return len(burst) / (last - pushed)
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run every measurement and return the figures."""
     redis_server = RedisServer()
@@ -174,9 +188,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         wait_http(f"http://127.0.0.1:{recv_port}/_stats")
         await admin.security()
-        # 1. the ceiling: raw aiohttp POSTs (warm-up, then measured); measured again after the
-        # burst, and the higher of the two is the headline (the conservative choice). The loop
-        # runs with the daemon's garbage-collector settings, so both sides have them.
+        # 1. the ceiling: raw aiohttp POSTs (warm-up, then measured); measured again between
+        # the two bursts, and the higher of the two is the headline. The loop runs with the
+        # daemon's garbage-collector settings, so both sides have them.
         tune_gc()
         await raw_rate(recv_port, WARM_UP, args.concurrency, same_request_headers)
         raw_before = await raw_rate(recv_port, args.n, args.concurrency, same_request_headers)
@@ -186,7 +200,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         # 2. records for every phase, written as the admin does, before the daemon starts
         subs = max(1, args.concurrency // 8)
         warm = await prepare(admin, recv_port, WARM_UP, subs)
-        burst = await prepare(admin, recv_port, args.n, subs)
+        bursts = [await prepare(admin, recv_port, args.n, subs) for _ in range(2)]
         paced = await prepare(admin, recv_port, args.paced_n, subs)
         flaky = await prepare(
             admin,
@@ -225,20 +239,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await wait_received(recv_port, [e for _, e in warm], timeout=120)
         reset(recv_port)
 
-        # burst: everything pushed at once, throughput from first push to last receipt
-        ids = [d for d, _ in burst]
-        pushed = time.time()
-        pipe = client.pipeline(transaction=False)
-        for chunk in range(0, len(ids), 1000):
-            pipe.lpush("dispatch:pending", *ids[chunk : chunk + 1000])
-        await pipe.execute()
-        got = await wait_received(recv_port, [e for _, e in burst], timeout=300)
-        last = max(got[e][0] for _, e in burst)
-        rate = args.n / (last - pushed)
-        reset(recv_port)
+        # two bursts, the ceiling measured again between them; each side's better figure
+        # counts, so a moment of interference on the shared machine hurts neither side
+        rates = [await burst_rate(client, recv_port, bursts[0])]
         raw_after = await raw_rate(recv_port, args.n, args.concurrency, same_request_headers)
         reset(recv_port)
-        raw = max(raw_before, raw_after)
+        rates.append(await burst_rate(client, recv_port, bursts[1]))
+        raw, rate = max(raw_before, raw_after), max(rates)
 
         # paced: push at a steady rate well below capacity, latency push -> receipt
         push_times: dict[str, float] = {}
@@ -269,6 +276,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "raw_posts_per_s": round(raw, 1),
             "raw_posts_per_s_before": round(raw_before, 1),
             "raw_posts_per_s_after": round(raw_after, 1),
+            "dispatch_per_s_bursts": [round(r, 1) for r in rates],
             "dispatch_per_s": round(rate, 1),
             "ratio_to_raw": round(rate / raw, 3),
             "raw_minimal_posts_per_s": round(raw_minimal, 1),
@@ -322,7 +330,7 @@ def main() -> None:
         f"  ceiling   raw aiohttp POST loop      {figures['raw_posts_per_s']:>9.1f} req/s"
         "  (the same request: body and header set; the higher of"
         f" {figures['raw_posts_per_s_before']:.0f} before and"
-        f" {figures['raw_posts_per_s_after']:.0f} after the burst)"
+        f" {figures['raw_posts_per_s_after']:.0f} between the bursts)"
     )
     print(
         f"            minimal POST loop          {figures['raw_minimal_posts_per_s']:>9.1f} req/s"
@@ -330,7 +338,9 @@ def main() -> None:
     )
     print(
         f"  dispatch  Redis -> sign -> POST      {figures['dispatch_per_s']:>9.1f} deliveries/s"
-        f"  = {figures['ratio_to_raw']:.2f} x raw"
+        f"  = {figures['ratio_to_raw']:.2f} x raw  (the higher of two bursts: "
+        + " and ".join(f"{r:.0f}" for r in figures["dispatch_per_s_bursts"])
+        + ")"
     )
     f = figures
     p50, p99 = f["added_latency_p50_ms"], f["added_latency_p99_ms"]
