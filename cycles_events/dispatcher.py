@@ -848,15 +848,19 @@ class Dispatcher:
         for job in unstarted:
             self.held.pop(job.delivery.delivery_id, None)
             await self._release_quietly([job.delivery.delivery_id], job.token)
-        busy = self._workers | self._tasks
-        if busy:
-            _, pending = await asyncio.wait(busy, timeout=grace_s)
-            if pending:
-                logs.warning("drain_grace_expired", unfinished=len(pending))
-                for task in pending:
-                    if task not in self._final_writers:
-                        task.cancel()
-                await asyncio.wait(pending, timeout=FINAL_WRITE_GRACE_S)
+        # sends and loads under way get the grace period, and so do the tasks they start
+        # meanwhile (a load finishing now gives its claims back)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while (busy := self._workers | self._tasks) and loop.time() < deadline:
+            await asyncio.wait(busy, timeout=deadline - loop.time())
+        pending = self._workers | self._tasks
+        if pending:
+            logs.warning("drain_grace_expired", unfinished=len(pending))
+            for task in pending:
+                if task not in self._final_writers:
+                    task.cancel()
+            await asyncio.wait(pending, timeout=FINAL_WRITE_GRACE_S)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(FINAL_WRITE_GRACE_S):
                 await self._commit.idle()
