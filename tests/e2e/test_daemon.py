@@ -68,6 +68,27 @@ async def test_sigterm_drains_in_flight_and_exits_zero(
     assert daemon.actions("stopped")[0]["exit_code"] == 0
 
 
+async def test_sigterm_in_the_middle_of_a_burst_leaves_nothing_claimed(
+    daemon_factory: Callable[..., Daemon], admin: Admin, receiver: Receiver, redis: Redis
+) -> None:
+    await admin.security()
+    subs = [await admin.subscription(receiver.url()) for _ in range(8)]
+    ids = [await admin.deliver(subs[i % 8]) for i in range(1500)]
+    daemon = daemon_factory()
+    daemon.start()
+    await receiver.wait_count(200, timeout=30)
+    daemon.signal(signal.SIGTERM)  # with claims loading, waiting, sending and recording
+    assert await asyncio.to_thread(daemon.wait, 30) == 0
+    docs = [await admin.record(i) for i in ids]
+    sent = {r.headers["X-Cycles-Event-Id"] for r in receiver.requests}
+    assert len(sent) < len(ids)
+    for doc in docs:
+        assert (doc["status"] == "SUCCESS") == (doc["event_id"] in sent)
+    assert await redis.llen("dispatch:processing") == 0
+    pending = {p.decode() for p in await redis.lrange("dispatch:pending", 0, -1)}
+    assert pending == {d["delivery_id"] for d in docs if d["status"] == "PENDING"}
+
+
 def _down(daemon: Daemon) -> bool:
     try:
         return daemon.health()[0] == 503
