@@ -24,11 +24,6 @@ class GroupCommit(Generic[T, R]):
         self._max_batch = max_batch
         self._queue: list[tuple[T, asyncio.Future[R] | Done[R]]] = []
         self._flusher: asyncio.Task[None] | None = None
-        self._pending = 0
-
-    def __len__(self) -> int:
-        """Operations queued or in the batch under way."""
-        return self._pending
 
     async def submit(self, op: T) -> R:
         """Queue one operation and wait for its result (or its batch's exception)."""
@@ -42,7 +37,6 @@ class GroupCommit(Generic[T, R]):
 
     def _enqueue(self, op: T, waiter: asyncio.Future[R] | Done[R]) -> None:
         self._queue.append((op, waiter))
-        self._pending += 1
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name=f"group-commit:{self.name}")
 
@@ -56,7 +50,6 @@ class GroupCommit(Generic[T, R]):
             batch = self._queue[: self._max_batch]
             del self._queue[: self._max_batch]
             live = [(op, w) for op, w in batch if not (isinstance(w, asyncio.Future) and w.done())]
-            self._pending -= len(batch) - len(live)
             if not live:
                 continue
             try:
@@ -77,7 +70,6 @@ class GroupCommit(Generic[T, R]):
         results: list[R] | None,
         exc: BaseException | None,
     ) -> None:
-        self._pending -= len(live)
         for i, (_, waiter) in enumerate(live):
             result = results[i] if results is not None else None
             if not isinstance(waiter, asyncio.Future):

@@ -58,8 +58,9 @@ def tune_gc() -> None:
     """Collect less often, and never scan what start-up built (the daemon's process only).
 
     A delivery allocates dozens of short-lived containers, nearly all freed by reference
-    counting, yet at the default threshold (700) the collector ran every few deliveries and
-    each run scanned the long-lived objects too: about a tenth of the dispatcher's CPU.
+    counting, yet at the default threshold (700) the young generation was collected every
+    couple of dozen deliveries and the whole heap every few thousand: together about a tenth
+    of the dispatcher's CPU.
     """
     gc.collect()
     gc.freeze()
