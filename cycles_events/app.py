@@ -206,8 +206,14 @@ class App:
         self.dispatcher.stop_claiming()
         claimer = self.tasks.get("dispatcher")
         if claimer is not None and not claimer.done():
-            claimer.cancel()
+            # A claim under way is let finish: the claimer gives its batch back (cancelled, the
+            # batch would stay claimed until recovery). Only a wait on an empty queue is cut.
+            if self.dispatcher.blocking_claim:
+                claimer.cancel()
             await asyncio.wait({claimer}, timeout=2.0)
+            if not claimer.done():
+                claimer.cancel()
+                await asyncio.wait({claimer}, timeout=2.0)
         await self.dispatcher.drain(self.settings.shutdown_grace_seconds)
         for name, task in self.tasks.items():
             if name != "dispatcher" and not task.done():

@@ -173,6 +173,7 @@ class Dispatcher:
         self._capacity = asyncio.Event()
         self.accepting = True
         self.consuming = False
+        self.blocking_claim = False  # waiting on an empty queue (the one wait a stop cuts short)
         metrics.in_flight.set_function(lambda: self.active)
 
     @property
@@ -220,8 +221,12 @@ class Dispatcher:
                 self.consuming = True
                 backoff = 0.1
                 loaded: list[bytes | None] | None = records
-                if not ids and not dups:
-                    one = await self.store.claim_blocking(self.opt.pending_timeout_s, token)
+                if not ids and not dups and self.accepting:
+                    self.blocking_claim = True
+                    try:
+                        one = await self.store.claim_blocking(self.opt.pending_timeout_s, token)
+                    finally:
+                        self.blocking_claim = False
                     ids, loaded = ([one] if one else []), None
             except UNAVAILABLE as exc:
                 self._redis_failed(exc)
