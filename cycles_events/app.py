@@ -128,7 +128,8 @@ class App:
                 consuming=lambda: self.dispatcher.consuming and self.redis_state.up,
                 draining=lambda: self.draining,
                 dispatcher_details=lambda: {
-                    "in_flight": self.dispatcher.active,
+                    "in_flight": self.dispatcher.in_flight,
+                    "claimed": self.dispatcher.active,
                     "concurrency": settings.concurrency,
                 },
             ),

@@ -174,12 +174,17 @@ class Dispatcher:
         self.accepting = True
         self.consuming = False
         self.blocking_claim = False  # waiting on an empty queue (the one wait a stop cuts short)
-        metrics.in_flight.set_function(lambda: self.active)
+        metrics.in_flight.set_function(lambda: self.in_flight)
 
     @property
     def active(self) -> int:
         """Claimed deliveries whose request has not ended yet (nor ended without one)."""
         return self._loading + len(self._runnable) + self._waiting_total + self._sending
+
+    @property
+    def in_flight(self) -> int:
+        """Requests under way (at most DISPATCH_CONCURRENCY)."""
+        return self._sending
 
     # --- claiming -------------------------------------------------------------------------
 

@@ -203,7 +203,7 @@ class Metrics:
         )
         self.in_flight = Gauge(
             "cycles_webhook_dispatch_in_flight",
-            "Deliveries being handled by this process",
+            "Webhook requests under way in this process (at most DISPATCH_CONCURRENCY)",
             registry=r,
         )
         self.queue_depth = Gauge(
