@@ -205,6 +205,23 @@ def test_records_parse_and_write_back_exactly_as_the_standard_library(doc: dict[
     assert json.loads(dumps(parsed)) == parsed
 
 
+flat_records = st.dictionaries(
+    st.text(),
+    st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1) | st.text(),
+    max_size=8,
+)
+
+
+@FAST
+@given(flat_records)
+def test_flat_records_are_written_byte_for_byte_as_before(doc: dict[str, Any]) -> None:
+    try:
+        expected = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    except ValueError:
+        return
+    assert dumps(doc) == expected
+
+
 @FAST
 @given(records)
 def test_delivery_parse_only_ever_raises_record_error(raw: bytes) -> None:
