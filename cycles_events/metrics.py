@@ -259,10 +259,6 @@ class Metrics:
         """Count an HTTP send."""
         self.attempts.cell((*self._t(tenant), _tag(event_type)))[0] += 1
 
-    def succeeded(self, tenant: str | None, event_type: str | None, family: str) -> None:
-        """Count a successful delivery."""
-        self.success.cell((*self._t(tenant), _tag(event_type), family))[0] += 1
-
     def failure(self, tenant: str | None, event_type: str | None, reason: str) -> None:
         """Count a delivery that ended FAILED."""
         self._child(self.failed, *self._t(tenant), _tag(event_type), reason).inc()
