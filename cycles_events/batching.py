@@ -71,13 +71,12 @@ class GroupCommit(Generic[T, R]):
         exc: BaseException | None,
     ) -> None:
         for i, (_, waiter) in enumerate(live):
-            result = results[i] if results is not None else None
             if not isinstance(waiter, asyncio.Future):
-                waiter(result, exc)
+                waiter(results[i] if results is not None else None, exc)
             elif waiter.done():
                 continue
             elif results is not None:
-                waiter.set_result(result)  # type: ignore[arg-type]
+                waiter.set_result(results[i])
             elif isinstance(exc, Exception):
                 waiter.set_exception(exc)
             else:

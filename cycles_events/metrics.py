@@ -30,39 +30,54 @@ def _tag(value: str | None) -> str:
     return value if value and value.strip() else UNKNOWN
 
 
-class LoopCounter:
-    """A labelled counter kept as plain numbers, for the delivery path.
+class _LoopFamily:
+    """A labelled family kept as plain numbers, for the delivery path.
 
     The event loop is the only writer, so it needs none of the locks prometheus_client takes on
-    every increment; it is exposed exactly as a prometheus_client Counter is.
+    every update; subclasses expose it exactly as prometheus_client would. A cell holds `width`
+    numbers, then the time it was created.
     """
+
+    width = 1
 
     def __init__(
         self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry
     ) -> None:
         self.name, self.documentation, self.labelnames = name, documentation, tuple(labelnames)
-        self.cells: dict[tuple[str, ...], list[float]] = {}  # labels -> [value, created]
+        self.cells: dict[tuple[str, ...], list[float]] = {}
         registry.register(self)
 
     def cell(self, labels: tuple[str, ...]) -> list[float]:
-        """The [value, created] cell of a label set (add to index 0)."""
+        """The cell of a label set."""
         cell = self.cells.get(labels)
         if cell is None:
-            cell = self.cells[labels] = [0.0, time.time()]
+            cell = self.cells[labels] = [0.0] * self.width + [time.time()]
         return cell
+
+    def collect(self) -> Iterator[Metric]:
+        """The family's samples (each subclass writes its own kind)."""
+        raise NotImplementedError
+
+    def _labelled(self) -> Iterator[tuple[dict[str, str], list[float]]]:
+        for labels, cell in list(self.cells.items()):
+            yield dict(zip(self.labelnames, labels, strict=True)), cell
+
+
+class LoopCounter(_LoopFamily):
+    """A counter (add to index 0 of a cell), exposed as a prometheus_client Counter."""
 
     def collect(self) -> Iterator[Metric]:
         """The family as prometheus_client writes a Counter."""
         family = Metric(self.name, self.documentation, "counter")
-        for labels, (value, created) in list(self.cells.items()):
-            named = dict(zip(self.labelnames, labels, strict=True))
+        for named, (value, created) in self._labelled():
             family.add_sample(self.name + "_total", named, value)
             family.add_sample(self.name + "_created", named, created)
         yield family
 
 
-class LoopHistogram:
-    """A labelled histogram kept as plain numbers (see LoopCounter)."""
+class LoopHistogram(_LoopFamily):
+    """A histogram (cells: count per bucket, not cumulative, then the sum), exposed as a
+    prometheus_client Histogram."""
 
     def __init__(
         self,
@@ -72,19 +87,10 @@ class LoopHistogram:
         buckets: Sequence[float],
         registry: CollectorRegistry,
     ) -> None:
-        self.name, self.documentation, self.labelnames = name, documentation, tuple(labelnames)
         self.bounds = list(buckets)
         self._le = [_go_float(b) for b in self.bounds] + ["+Inf"]
-        # labels -> [count per bucket (not cumulative)..., sum, created]
-        self.cells: dict[tuple[str, ...], list[float]] = {}
-        registry.register(self)
-
-    def cell(self, labels: tuple[str, ...]) -> list[float]:
-        """The cell of a label set, for `observe`."""
-        cell = self.cells.get(labels)
-        if cell is None:
-            cell = self.cells[labels] = [0.0] * (len(self._le) + 1) + [time.time()]
-        return cell
+        self.width = len(self._le) + 1
+        super().__init__(name, documentation, labelnames, registry)
 
     def observe(self, cell: list[float], value: float) -> None:
         """Count one observation in a cell."""
@@ -95,8 +101,7 @@ class LoopHistogram:
         """The family as prometheus_client writes a Histogram."""
         family = Metric(self.name, self.documentation, "histogram")
         n = len(self._le)
-        for labels, cell in list(self.cells.items()):
-            named = dict(zip(self.labelnames, labels, strict=True))
+        for named, cell in self._labelled():
             total = 0.0
             for le, count in zip(self._le, cell[:n], strict=True):
                 total += count
