@@ -5,75 +5,47 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
-
-from redis.asyncio import ConnectionPool, Redis
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.retry import Retry
 
 from cycles_events import __version__, logs
 from cycles_events.config import Settings
-from cycles_events.dispatcher import Dispatcher, DispatchOptions, PolicySource
+from cycles_events.connection import RedisState, redis_client
+from cycles_events.dispatch.pipeline import DispatchOptions, Pipeline
 from cycles_events.maintenance import (
     ClaimSweeper,
+    ClockSync,
+    OutboxLoop,
     QueueSampler,
     Retention,
     RetryPromoter,
     SecurityConfigRefresher,
+    forever,
 )
 from cycles_events.management import HealthSources, ManagementServer
 from cycles_events.metrics import Metrics
+from cycles_events.outbox import OutboxStore, Publisher
+from cycles_events.policy import PolicySource
 from cycles_events.sender import Sender
-from cycles_events.store import PackedConnection, PackedSSLConnection, RedisState, Store
+from cycles_events.store import Store
+from cycles_events.supervise import Faults, ServerClock
 
-COMMAND_TIMEOUT_S = 5.0
-
-
-def redis_client(settings: Settings, *, socket_timeout: float | None = COMMAND_TIMEOUT_S) -> Redis:
-    """A Redis client for the configured server (REDIS_URL wins over host/port/password)."""
-    common: dict[str, Any] = {
-        "socket_timeout": socket_timeout,
-        "socket_connect_timeout": 3.0,
-        "health_check_interval": 15,
-        # One immediate retry on a fresh connection absorbs connections that died while Redis
-        # restarted; a real outage still fails at once and is handled by the loops.
-        "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        # ids are str in our code; whatever bytes a producer pushed must survive the round trip
-        "encoding_errors": "surrogateescape",
-    }
-    url = settings.redis_url.get_secret_value()
-    if url.startswith("rediss://"):
-        return Redis.from_url(url, connection_class=PackedSSLConnection, **common)
-    if url.startswith("redis://"):
-        return Redis.from_url(url, connection_class=PackedConnection, **common)
-    if url:
-        return Redis.from_url(url, **common)
-    password = settings.redis_password.get_secret_value() or None
-    pool = ConnectionPool(
-        connection_class=PackedConnection,
-        host=settings.redis_host,
-        port=settings.redis_port,
-        password=password,
-        **common,
-    )
-    return Redis(connection_pool=pool)
+START_TIMEOUT_S = 5.0
+CLAIMER_STOP_S = 2.0
 
 
 class App:
-    """The daemon: a management server, the worker pool and its supervised loops."""
+    """The daemon: a management server, the dispatch pipeline and its supervised loops."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, build_time: str = "") -> None:
         self.settings = settings
         self.metrics = Metrics(tenant_tag=settings.metrics_tenant_tag_enabled)
+        self.faults = Faults(self.metrics.errors.inc)
+        self.redis_state = RedisState(on_error=self.metrics.redis_errors.inc)
         self.redis = redis_client(settings)
-        self.blocking_redis = redis_client(
-            settings, socket_timeout=settings.pending_timeout_seconds + COMMAND_TIMEOUT_S
-        )
-        self.store = Store(self.redis, self.blocking_redis)
-        self.redis_state = RedisState()
+        self.blocking_redis = redis_client(settings, blocking=True)
+        self.store = Store(self.redis, self.blocking_redis, self.redis_state)
+        self.clock = ServerClock()
         self.policy = PolicySource(allow_private_networks=settings.url_guard_allow_private_networks)
         self.sender = Sender(
             policy=self.policy.current,
@@ -85,7 +57,13 @@ class App:
             poll_interval_ms=settings.retry_poll_interval_ms,
             batch_size=settings.retry_batch_size,
         )
-        self.dispatcher = Dispatcher(
+        self.publisher = Publisher(
+            OutboxStore(self.redis, self.redis_state),
+            self.metrics,
+            event_ttl_s=settings.event_ttl_days * 86400,
+            clock=self.clock,
+        )
+        self.pipeline = Pipeline(
             store=self.store,
             sender=self.sender,
             metrics=self.metrics,
@@ -95,27 +73,37 @@ class App:
                 per_subscription=settings.max_in_flight_per_subscription,
                 pending_timeout_s=settings.pending_timeout_seconds,
                 max_age_ms=settings.max_delivery_age_ms,
-                event_ttl_s=settings.event_ttl_days * 86400,
                 failed_max_len=settings.failed_max_len,
                 encryption_key=settings.encryption_key,
             ),
-            redis_state=self.redis_state,
-            on_retry_scheduled=self.promoter.notify,
+            faults=self.faults,
+            clock=self.clock,
+            retry_scheduled=self.promoter.notify,
+            staged=self.publisher.soon,
         )
         self.sweeper = ClaimSweeper(
             self.store,
-            self.dispatcher,
+            self.pipeline.heartbeat,
             self.metrics,
             idle_ms=settings.processing_recovery_idle_ms,
+            interval_ms=settings.processing_recovery_interval_ms,
         )
-        self.retention = Retention(
-            self.store,
-            interval_ms=settings.retention_cleanup_interval_ms,
-            event_ttl_days=settings.event_ttl_days,
-            delivery_ttl_days=settings.delivery_ttl_days,
-        )
-        self.security = SecurityConfigRefresher(self.store, self.policy)
-        self.sampler = QueueSampler(self.store, self.metrics)
+        self.security = SecurityConfigRefresher(self.store, self.policy, self.metrics)
+        self.loops: dict[str, Callable[[], Awaitable[float]]] = {
+            "claim-sweeper": self.sweeper.step,
+            "retry-promoter": self.promoter.step,
+            "outbox-publisher": OutboxLoop(self.publisher).step,
+            "security-config": self.security.step,
+            "retention": Retention(
+                self.store,
+                interval_ms=settings.retention_cleanup_interval_ms,
+                event_ttl_days=settings.event_ttl_days,
+                delivery_ttl_days=settings.delivery_ttl_days,
+                clock=self.clock,
+            ).step,
+            "queue-sampler": QueueSampler(self.store, self.metrics, self.clock).step,
+            "clock-sync": ClockSync(self.store, self.clock).step,
+        }
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.draining = False
         self.management = ManagementServer(
@@ -125,18 +113,26 @@ class App:
             health=HealthSources(
                 ping=self.store.ping,
                 tasks_alive=lambda: {n: not t.done() for n, t in self.tasks.items()},
-                consuming=lambda: self.dispatcher.consuming and self.redis_state.up,
+                consuming=lambda: self.pipeline.consuming and self.redis_state.up,
                 draining=lambda: self.draining,
-                dispatcher_details=lambda: {
-                    "in_flight": self.dispatcher.in_flight,
-                    "claimed": self.dispatcher.active,
-                    "concurrency": settings.concurrency,
-                },
+                faults=self.faults.persistent,
+                redis_error=lambda: self.redis_state.last_error,
+                dispatcher_details=self._details,
             ),
-            build_time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            build_time=build_time,
         )
         self._stop = asyncio.Event()
         self._signals = 0
+
+    def _details(self) -> dict[str, Any]:
+        counts = self.pipeline.counts
+        return {
+            "in_flight": counts.sending,
+            "claimed": counts.claimed,
+            "recording": counts.recording,
+            "stalled_writes": counts.stalled,
+            "concurrency": self.settings.concurrency,
+        }
 
     def _start(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
         self.tasks[name] = asyncio.create_task(coro, name=name)
@@ -166,20 +162,23 @@ class App:
             concurrency=self.settings.concurrency,
             per_subscription=self.settings.max_in_flight_per_subscription,
         )
-        try:
-            await asyncio.wait_for(self.security.step(), timeout=COMMAND_TIMEOUT_S)
-        except Exception as exc:  # the refresher loop keeps trying
-            logs.warning("security_config_unread", error=type(exc).__name__)
-        self._start("claim-sweeper", self.sweeper.run(self.redis_state))
-        self._start("retry-promoter", self.promoter.run(self.redis_state, self.metrics))
-        self._start("security-config", self.security.run(self.redis_state, self.metrics))
-        self._start("retention", self.retention.run(self.redis_state, self.metrics))
-        self._start("queue-sampler", self.sampler.run(self.redis_state))
-        self._start("dispatcher", self.dispatcher.run())
+        await self._first_reads()
+        for name, step in self.loops.items():
+            self._start(name, forever(name, step, self.faults))
+        self._start("dispatcher", self.pipeline.run())
         code = await self._supervise()
         await self._shutdown()
         logs.info("stopped", exit_code=code)
         return code
+
+    async def _first_reads(self) -> None:
+        """Redis's clock and the URL policy before the first claim, when Redis answers."""
+        for name in ("clock-sync", "security-config"):
+            try:
+                async with asyncio.timeout(START_TIMEOUT_S):
+                    await self.loops[name]()
+            except Exception as exc:  # the loop keeps trying
+                logs.warning("startup_read_failed", step=name, error=type(exc).__name__)
 
     async def _supervise(self) -> int:
         stop = asyncio.create_task(self._stop.wait(), name="stop-signal")
@@ -204,18 +203,18 @@ class App:
 
     async def _shutdown(self) -> None:
         self.draining = True
-        self.dispatcher.stop_claiming()
+        self.pipeline.stop_claiming()
         claimer = self.tasks.get("dispatcher")
         if claimer is not None and not claimer.done():
             # A claim under way is let finish: the claimer gives its batch back (cancelled, the
             # batch would stay claimed until recovery). Only a wait on an empty queue is cut.
-            if self.dispatcher.blocking_claim:
+            if self.pipeline.blocking_claim:
                 claimer.cancel()
-            await asyncio.wait({claimer}, timeout=2.0)
+            await asyncio.wait({claimer}, timeout=CLAIMER_STOP_S)
             if not claimer.done():
                 claimer.cancel()
-                await asyncio.wait({claimer}, timeout=2.0)
-        await self.dispatcher.drain(self.settings.shutdown_grace_seconds)
+                await asyncio.wait({claimer}, timeout=CLAIMER_STOP_S)
+        await self.pipeline.drain(self.settings.shutdown_grace_seconds)
         for name, task in self.tasks.items():
             if name != "dispatcher" and not task.done():
                 task.cancel()

@@ -6,7 +6,14 @@ import base64
 import binascii
 from typing import Any
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -44,6 +51,26 @@ class Settings(BaseSettings):
     redis_port: int = Field(6379, ge=1, le=65535, validation_alias=_names("REDIS_PORT"))
     redis_password: SecretStr = Field(SecretStr(""), validation_alias=_names("REDIS_PASSWORD"))
     redis_url: SecretStr = Field(SecretStr(""), validation_alias=_names("REDIS_URL"))
+    redis_username: str = Field("", validation_alias=_names("REDIS_USERNAME"))
+    redis_tls_enabled: bool = Field(False, validation_alias=_names("REDIS_TLS_ENABLED"))
+    redis_tls_ca_file: str = Field("", validation_alias=_names("REDIS_TLS_CA_FILE"))
+    redis_connect_timeout_ms: int = Field(
+        2000, ge=1, le=600_000, validation_alias=_names("REDIS_CONNECT_TIMEOUT_MS")
+    )
+    redis_socket_timeout_ms: int = Field(
+        5000, ge=1, le=600_000, validation_alias=_names("REDIS_SOCKET_TIMEOUT_MS")
+    )
+    redis_blocking_socket_timeout_ms: int = Field(
+        10_000, ge=1, le=600_000, validation_alias=_names("REDIS_BLOCKING_SOCKET_TIMEOUT_MS")
+    )
+    redis_sentinel_master: str = Field("", validation_alias=_names("REDIS_SENTINEL_MASTER"))
+    redis_sentinel_nodes: str = Field("", validation_alias=_names("REDIS_SENTINEL_NODES"))
+    redis_sentinel_password: SecretStr = Field(
+        SecretStr(""), validation_alias=_names("REDIS_SENTINEL_PASSWORD")
+    )
+    webhook_secret_allow_plaintext: bool | None = Field(
+        None, validation_alias=_names("WEBHOOK_SECRET_ALLOW_PLAINTEXT")
+    )
     webhook_secret_encryption_key: SecretStr = Field(
         SecretStr(""), validation_alias=_names("WEBHOOK_SECRET_ENCRYPTION_KEY")
     )
@@ -87,6 +114,9 @@ class Settings(BaseSettings):
     processing_recovery_idle_ms: int = Field(
         180_000, ge=100, validation_alias=_names("DISPATCH_PROCESSING_RECOVERY_IDLE_MS")
     )
+    processing_recovery_interval_ms: int = Field(
+        30_000, ge=50, validation_alias=_names("DISPATCH_PROCESSING_RECOVERY_INTERVAL_MS")
+    )
     failed_max_len: int = Field(10_000, ge=1, validation_alias=_names("DISPATCH_FAILED_MAX_LEN"))
     concurrency: int = Field(64, ge=1, le=10_000, validation_alias=_names("DISPATCH_CONCURRENCY"))
     max_in_flight_per_subscription: int = Field(
@@ -96,6 +126,8 @@ class Settings(BaseSettings):
         25.0, ge=0, le=3600, validation_alias=_names("SHUTDOWN_GRACE_SECONDS")
     )
     log_level: str = Field("INFO", validation_alias=_names("LOG_LEVEL"))
+    # Read only to warn: evidence signing is a Java feature this service does not do.
+    evidence_server_id: str = Field("", validation_alias=_names("EVIDENCE_SERVER_ID"))
 
     @field_validator("webhook_secret_encryption_key")
     @classmethod
@@ -103,6 +135,23 @@ class Settings(BaseSettings):
         if value.get_secret_value().strip():
             decode_encryption_key(value.get_secret_value())
         return value
+
+    @field_validator("redis_sentinel_nodes")
+    @classmethod
+    def _check_nodes(cls, value: str) -> str:
+        sentinel_nodes(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check_plaintext(self) -> Settings:
+        if self.webhook_secret_allow_plaintext is False and not self.encryption_key:
+            raise ValueError(
+                "WEBHOOK_SECRET_ENCRYPTION_KEY: is required when "
+                "WEBHOOK_SECRET_ALLOW_PLAINTEXT=false"
+            )
+        if bool(self.redis_sentinel_master.strip()) != bool(self.redis_sentinel_nodes.strip()):
+            raise ValueError("REDIS_SENTINEL_NODES: is needed with REDIS_SENTINEL_MASTER, and back")
+        return self
 
     @field_validator("log_level")
     @classmethod
@@ -129,7 +178,32 @@ class Settings(BaseSettings):
     @property
     def tls_redis(self) -> bool:
         """Whether the Redis connection uses TLS."""
-        return self.redis_url.get_secret_value().startswith("rediss://")
+        return self.redis_tls_enabled or self.redis_url.get_secret_value().startswith("rediss://")
+
+    @property
+    def sentinels(self) -> list[tuple[str, int]]:
+        """The Sentinel addresses, when Redis is reached through Sentinel."""
+        return sentinel_nodes(self.redis_sentinel_nodes)
+
+
+def sentinel_nodes(value: str) -> list[tuple[str, int]]:
+    """Parse `host:port,host:port` (IPv6 as `[addr]:port`; the port defaults to 26379)."""
+    nodes: list[tuple[str, int]] = []
+    for part in value.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        host, port = part, "26379"
+        if part.startswith("["):
+            host, _, rest = part[1:].partition("]")
+            if rest:
+                port = rest.removeprefix(":")
+        elif part.count(":") == 1:
+            host, port = part.split(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"{part!r} is not host:port")
+        nodes.append((host, int(port)))
+    return nodes
 
 
 def _setting_name(field: str) -> str:
@@ -144,9 +218,12 @@ def describe_validation_error(exc: ValidationError) -> str:
     """Turn a pydantic error into 'invalid setting NAME: reason' without echoing the value."""
     parts = []
     for err in exc.errors(include_input=False, include_url=False):
-        loc = err.get("loc") or ("?",)
+        message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        loc = err.get("loc")
+        if not loc:  # a rule across settings: its message starts with the setting's name
+            parts.append(f"invalid setting {message}")
+            continue
         field = str(loc[0])
         name = _setting_name(field) if field in Settings.model_fields else field
-        message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         parts.append(f"invalid setting {name}: {message}")
     return "; ".join(parts)

@@ -1,22 +1,20 @@
-"""Pure state transitions of contract sections 3 and 7: records in, records out."""
+"""Pure state transitions of contract section 3: records in, records out."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from cycles_events.models import (
-    SYSTEM_TENANT,
     Delivery,
     JsonObject,
     format_instant,
     integer,
     text,
 )
+from cycles_events.retry import Kind, RetryPolicy, classify, parse_retry_after_ms
 
 DISABLE_REASON = "consecutive_failures_exceeded_threshold"
-SOURCE = "cycles-events"
 
 
 def stale_message(age_ms: int, max_age_ms: int) -> str:
@@ -141,110 +139,57 @@ def merge_subscription(sub: JsonObject, change: SubscriptionChange) -> MergeResu
     sub["last_failure_at"] = now
     threshold = max(1, integer(sub, "disable_after_failures", 10))
     status = sub.get("status")
-    if count >= threshold and status in ("ACTIVE", "PAUSED"):
+    # "exceeds", as the protocol says and Java does since v0.1.25.24: the 11th failure of 10
+    if count > threshold and status in ("ACTIVE", "PAUSED"):
         sub["status"] = "DISABLED"
         return MergeResult(disabled=True, previous_status=str(status))
     return NO_EFFECT
 
 
-def derived_event_id(correlation_id: str) -> str:
-    """A deterministic event id, so a retried save does not duplicate the event."""
-    return "evt_" + hashlib.sha256(correlation_id.encode("utf-8")).hexdigest()[:16]
+class Attempt(NamedTuple):
+    """What one HTTP attempt means for its delivery: the record and where it goes next."""
+
+    kind: Kind
+    record: JsonObject
+    attempts: int
+    reason: str
+    message: str | None
+    retry_at_ms: int | None = None
 
 
-def _meta_event(
-    *,
-    event_type: str,
-    category: str,
-    tenant_id: str,
-    correlation_id: str,
-    data: JsonObject,
-    now_ms: int,
+def after_attempt(
     delivery: Delivery,
-    event: JsonObject | None,
-) -> JsonObject:
-    out: JsonObject = {
-        "event_id": derived_event_id(correlation_id),
-        "event_type": event_type,
-        "category": category,
-        "timestamp": format_instant(now_ms),
-        "tenant_id": tenant_id,
-        "actor": {"type": "system"},
-        "source": SOURCE,
-        "data": data,
-        "correlation_id": correlation_id,
-    }
-    request_id = text(event, "request_id") if event else None
-    if request_id:
-        out["request_id"] = request_id
-    trace = text(delivery.doc, "trace_id") or (text(event, "trace_id") if event else None)
-    if trace:
-        out["trace_id"] = trace
-    return out
-
-
-def disabled_event(
-    sub: JsonObject, delivery: Delivery, event: JsonObject | None, previous: str, now_ms: int
-) -> JsonObject:
-    """The webhook.disabled event saved when a subscription is auto-disabled."""
-    tenant = text(sub, "tenant_id") or SYSTEM_TENANT
-    return _meta_event(
-        event_type="webhook.disabled",
-        category="webhook",
-        tenant_id=tenant,
-        correlation_id=f"webhook_auto_disable:{delivery.subscription_id}:{delivery.delivery_id}",
-        data={
-            "subscription_id": delivery.subscription_id,
-            "tenant_id": tenant,
-            "previous_status": previous,
-            "new_status": "DISABLED",
-            "changed_fields": [],
-            "disable_reason": DISABLE_REASON,
-        },
-        now_ms=now_ms,
-        delivery=delivery,
-        event=event,
-    )
-
-
-def delivery_failed_event(
-    sub: JsonObject,
-    delivery: Delivery,
-    event: JsonObject | None,
+    subscription: JsonObject,
     *,
-    attempts: int,
     status: int | None,
     error: str | None,
+    elapsed_ms: int,
+    retry_after: str | None,
     now_ms: int,
-) -> JsonObject:
-    """The system.webhook_delivery_failed event saved when a delivery ends FAILED."""
-    details: JsonObject = {
-        "subscription_id": delivery.subscription_id,
-        "tenant_id": text(sub, "tenant_id") or SYSTEM_TENANT,
-        "delivery_id": delivery.delivery_id,
-        "event_id": delivery.event_id,
-        "event_type": delivery.event_type or (text(event, "event_type") if event else "") or "",
-        "attempts": attempts,
-    }
-    if status is not None:
-        details["last_response_status"] = status
-    if error:
-        details["error"] = error
-    return _meta_event(
-        event_type="system.webhook_delivery_failed",
-        category="system",
-        tenant_id=SYSTEM_TENANT,
-        correlation_id=f"webhook_delivery_failed:{delivery.subscription_id}:{delivery.delivery_id}",
-        data={
-            "component": "webhook_dispatcher",
-            "message": (
-                f"Webhook delivery {delivery.delivery_id} to subscription "
-                f"{delivery.subscription_id} failed after {attempts} attempts"
-            ),
-            "severity": "warning",
-            "details": details,
-        },
-        now_ms=now_ms,
-        delivery=delivery,
-        event=event,
+) -> Attempt:
+    """Step 9: success, another try on the retry policy, or the end of the delivery."""
+    attempts = delivery.attempts + 1
+    outcome = classify(status, error)
+    if outcome.kind is Kind.SUCCESS:
+        assert status is not None
+        record = succeeded(
+            delivery, now_ms, attempts=attempts, status=status, elapsed_ms=elapsed_ms
+        )
+        return Attempt(Kind.SUCCESS, record, attempts, outcome.reason, None)
+    message = outcome.message or "delivery failed"
+    policy = RetryPolicy.from_subscription(subscription)
+    if outcome.kind is Kind.RETRYABLE and attempts <= policy.max_retries:
+        retry_at = now_ms + policy.delay_ms(attempts, parse_retry_after_ms(retry_after, now_ms))
+        record = retrying(
+            delivery,
+            attempts=attempts,
+            status=status,
+            elapsed_ms=elapsed_ms,
+            message=message,
+            next_retry_ms=retry_at,
+        )
+        return Attempt(Kind.RETRYABLE, record, attempts, outcome.reason, message, retry_at)
+    record = failed(
+        delivery, now_ms, message, attempts=attempts, status=status, elapsed_ms=elapsed_ms
     )
+    return Attempt(Kind.PERMANENT, record, attempts, outcome.reason, message)

@@ -1,4 +1,5 @@
-"""Background loops: retry promotion, claim recovery, retention, config refresh, queue gauges."""
+"""Background loops: retry promotion, claim heartbeat and recovery, retention, the security
+config, queue gauges, the server clock and the outbox publisher."""
 
 from __future__ import annotations
 
@@ -6,33 +7,41 @@ import asyncio
 import contextlib
 import math
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 
 from cycles_events import keys, logs
-from cycles_events.dispatcher import Dispatcher, PolicySource, now_ms
+from cycles_events.connection import UNAVAILABLE
 from cycles_events.metrics import Metrics
-from cycles_events.store import UNAVAILABLE, RedisState, Store
+from cycles_events.outbox import Publisher
+from cycles_events.policy import PolicySource
+from cycles_events.store import Store
+from cycles_events.supervise import Faults, ServerClock
 
-MAX_BACKOFF_S = 5.0
+OUTAGE_BACKOFF_S = (0.1, 1.0)
+ERROR_BACKOFF_S = (1.0, 30.0)
+RECOVERY_STEP = 1000
+RECOVERY_STEPS_PER_PASS = 100
 
 
-async def _forever(
-    step: Callable[[], Awaitable[float]],
-    redis_state: RedisState,
-    metrics: Metrics,
-) -> None:
-    """Run `step` again and again; it returns seconds to wait. Redis outages back off."""
-    backoff = 0.1
+async def forever(name: str, step: Callable[[], Awaitable[float]], faults: Faults) -> None:
+    """Run `step` again and again (it returns seconds to wait); nothing it raises ends the loop.
+
+    An outage is waited out with a short capped backoff; any other error (a key of the wrong
+    type, a refused script) is logged, counted and tried again more slowly.
+    """
+    outage, error = OUTAGE_BACKOFF_S[0], ERROR_BACKOFF_S[0]
     while True:
         try:
             delay = await step()
-            redis_state.ok()
-            backoff = 0.1
-        except UNAVAILABLE as exc:
-            redis_state.failed(exc)
-            metrics.redis_errors.inc()
-            delay = backoff
-            backoff = min(backoff * 2, MAX_BACKOFF_S)
+        except UNAVAILABLE:
+            delay, outage = outage, min(outage * 2, OUTAGE_BACKOFF_S[1])
+        except Exception as exc:
+            faults.failed(name, exc)
+            delay, error = error, min(error * 2, ERROR_BACKOFF_S[1])
+        else:
+            faults.ok(name)
+            outage, error = OUTAGE_BACKOFF_S[0], ERROR_BACKOFF_S[0]
         if delay > 0:
             await asyncio.sleep(delay)
 
@@ -40,18 +49,10 @@ async def _forever(
 class RetryPromoter:
     """Moves due retries to pending within a fraction of a second of their due time."""
 
-    def __init__(
-        self,
-        store: Store,
-        *,
-        poll_interval_ms: int,
-        batch_size: int,
-        clock: Callable[[], int] = now_ms,
-    ) -> None:
+    def __init__(self, store: Store, *, poll_interval_ms: int, batch_size: int) -> None:
         self.store = store
         self.poll_interval_ms = poll_interval_ms
         self.batch_size = batch_size
-        self.clock = clock
         self._wake_at = math.inf
         self._wake = asyncio.Event()
 
@@ -62,9 +63,9 @@ class RetryPromoter:
             self._wake.set()
 
     async def step(self) -> float:
-        """Promote what is due; return how long to sleep before the next due retry."""
-        now = self.clock()
-        moved, next_due = await self.store.promote(now, self.batch_size)
+        """Promote what is due, then sleep until the next due retry (or a sooner notify)."""
+        self._wake.clear()  # before the round trip: a notify during it is kept, not erased
+        moved, next_due, now = await self.store.promote(self.batch_size)
         if moved:
             logs.debug("retries_promoted", count=moved)
         if moved >= self.batch_size:
@@ -72,55 +73,81 @@ class RetryPromoter:
         wake = now + self.poll_interval_ms
         if next_due is not None:
             wake = min(wake, next_due)
-        self._wake_at = wake
-        self._wake.clear()
-        delay = max(0.0, (wake - self.clock()) / 1000)
+        self._wake_at = min(self._wake_at, wake) if self._wake.is_set() else wake
+        delay = max(0.0, (self._wake_at - now) / 1000)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=delay)
+            async with asyncio.timeout(delay):
+                await self._wake.wait()
+        self._wake_at = math.inf
         return 0.0
-
-    async def run(self, redis_state: RedisState, metrics: Metrics) -> None:
-        """The promoter loop."""
-        await _forever(self.step, redis_state, metrics)
 
 
 class ClaimSweeper:
-    """Returns orphaned claims to pending and keeps this process's own claims fresh."""
+    """Keeps this process's claims fresh and returns orphaned claims to pending.
+
+    Claim times are Redis's clock. Live claims are refreshed every heartbeat period (far inside
+    any idle window, Java's included) and at once when Redis comes back. Other instances' claims
+    are not judged during the first two heartbeat periods after an outage, nor while Redis has
+    been up for less than that (a restart restores old claim times): their owners need that
+    long to refresh them.
+    """
 
     def __init__(
         self,
         store: Store,
-        dispatcher: Dispatcher,
+        heartbeat: Callable[[], Awaitable[int]],
         metrics: Metrics,
         *,
         idle_ms: int,
-        interval_s: float = 30.0,
-        clock: Callable[[], int] = now_ms,
+        interval_ms: int,
     ) -> None:
         self.store = store
-        self.dispatcher = dispatcher
+        self._heartbeat = heartbeat
         self.metrics = metrics
         self.idle_ms = idle_ms
-        self.interval_s = min(interval_s, max(0.05, idle_ms / 3000))
-        self.clock = clock
+        self.heartbeat_s = min(10.0, max(0.05, idle_ms / 4000))
+        self.recover_every_s = min(interval_ms / 1000, max(0.05, idle_ms / 3000))
+        self.grace_s = 2 * self.heartbeat_s
+        self._next_recovery = 0.0  # monotonic
+        self._quiet_until = 0.0
+        self._outages_seen = store.state.outages
+        self._index = 0
 
     async def step(self) -> float:
-        """Heartbeat our claims, then recover other claims idle for too long."""
-        await self.dispatcher.heartbeat()
-        ids = await self.store.recover(self.clock(), self.idle_ms)
-        if ids:
-            self.metrics.recovered.inc(len(ids))
-            for delivery_id in ids:
-                logs.warning("claim_recovered", delivery_id=delivery_id)
-        return self.interval_s
+        """Heartbeat; recover when a pass is due and no outage is fresh."""
+        state = self.store.state
+        if state.outages != self._outages_seen:
+            self._outages_seen = state.outages
+            self._quiet_until = math.inf  # until Redis is back, then the grace period
+        await self._heartbeat()
+        now = time.monotonic()
+        if self._quiet_until == math.inf:
+            self._quiet_until = now + self.grace_s
+            logs.info("claims_refreshed_after_outage", grace_s=round(self.grace_s, 2))
+        due = now >= self._next_recovery and now >= self._quiet_until
+        if due and await self.store.redis_uptime_s() >= self.grace_s:
+            await self.recover_pass()
+            self._next_recovery = now + self.recover_every_s
+        return self.heartbeat_s
 
-    async def run(self, redis_state: RedisState) -> None:
-        """The sweeper loop (it runs once at start)."""
-        await _forever(self.step, redis_state, self.metrics)
+    async def recover_pass(self) -> list[str]:
+        """Walk the whole processing list (in bounded steps) and recover its idle claims."""
+        recovered: list[str] = []
+        for _ in range(RECOVERY_STEPS_PER_PASS):
+            step = await self.store.recover(self.idle_ms, self._index, RECOVERY_STEP)
+            recovered += step.ids
+            self._index = step.next_index
+            if self._index >= step.length:  # the end of the list: the next pass starts over
+                self._index = 0
+                break
+        if recovered:
+            self.metrics.recovered.inc(len(recovered))
+            logs.warning("claims_recovered", count=len(recovered), delivery_ids=recovered[:20])
+        return recovered
 
 
 class Retention:
-    """Trims old entries from the event and delivery indexes; one instance per interval."""
+    """Trims old entries from the event and delivery indexes; one pass per interval, fleet-wide."""
 
     def __init__(
         self,
@@ -129,7 +156,7 @@ class Retention:
         interval_ms: int,
         event_ttl_days: int,
         delivery_ttl_days: int,
-        clock: Callable[[], int] = now_ms,
+        clock: Callable[[], int],
     ) -> None:
         self.store = store
         self.interval_ms = interval_ms
@@ -139,7 +166,7 @@ class Retention:
         self.token = secrets.token_hex(8)
 
     async def step(self) -> float:
-        """One pass, if no other instance took this interval."""
+        """One pass, if no other instance (Java included) took this interval."""
         if await self.store.acquire_lock(keys.RETENTION_LOCK, self.token, self.interval_ms):
             now = self.clock()
             events = await self.store.trim_indexes(keys.EVENTS_PATTERN, now - self.event_ttl_ms)
@@ -149,49 +176,37 @@ class Retention:
             logs.info("retention_pass", events_removed=events, deliveries_removed=deliveries)
         return self.interval_ms / 1000
 
-    async def run(self, redis_state: RedisState, metrics: Metrics) -> None:
-        """The retention loop."""
-        await _forever(self.step, redis_state, metrics)
-
 
 class SecurityConfigRefresher:
     """Re-reads config:webhook-security every few seconds."""
 
-    def __init__(self, store: Store, policy: PolicySource, *, interval_s: float = 5.0) -> None:
+    def __init__(self, store: Store, policy: PolicySource, metrics: Metrics) -> None:
         self.store = store
         self.policy = policy
-        self.interval_s = interval_s
+        self.metrics = metrics
+        self.interval_s = 5.0
 
     async def step(self) -> float:
         """Read the config once."""
         before = self.policy.error
         self.policy.update(await self.store.security_config())
-        if self.policy.error and self.policy.error != before:
-            logs.error("security_config_invalid", error=self.policy.error)
-        elif before and not self.policy.error:
+        if self.policy.error:
+            self.metrics.security_config_invalid.inc()
+            if self.policy.error != before:
+                logs.error("security_config_indeterminate", error=self.policy.error)
+        elif before:
             logs.info("security_config_valid")
         return self.interval_s
-
-    async def run(self, redis_state: RedisState, metrics: Metrics) -> None:
-        """The refresh loop."""
-        await _forever(self.step, redis_state, metrics)
 
 
 class QueueSampler:
     """Samples queue depths into gauges on a timer (never on a scrape)."""
 
-    def __init__(
-        self,
-        store: Store,
-        metrics: Metrics,
-        *,
-        interval_s: float = 5.0,
-        clock: Callable[[], int] = now_ms,
-    ) -> None:
+    def __init__(self, store: Store, metrics: Metrics, clock: Callable[[], int]) -> None:
         self.store = store
         self.metrics = metrics
-        self.interval_s = interval_s
         self.clock = clock
+        self.interval_s = 5.0
 
     async def step(self) -> float:
         """Sample once."""
@@ -201,9 +216,32 @@ class QueueSampler:
         g.labels("retry").set(d.retry)
         g.labels("processing").set(d.processing)
         g.labels("failed").set(d.failed)
+        g.labels("outbox").set(d.outbox)
         self.metrics.oldest_pending_age.set(d.oldest_pending_age_s or 0.0)
         return self.interval_s
 
-    async def run(self, redis_state: RedisState) -> None:
-        """The sampling loop."""
-        await _forever(self.step, redis_state, self.metrics)
+
+class ClockSync:
+    """Keeps the server clock in step with Redis's TIME."""
+
+    def __init__(self, store: Store, clock: ServerClock) -> None:
+        self.store = store
+        self.clock = clock
+        self.interval_s = 30.0
+
+    async def step(self) -> float:
+        """Read Redis's clock once."""
+        self.clock.sync(*await self.store.server_time_ms())
+        return self.interval_s
+
+
+class OutboxLoop:
+    """Runs the outbox publisher: right after staging, and on a poll."""
+
+    def __init__(self, publisher: Publisher) -> None:
+        self.publisher = publisher
+
+    async def step(self) -> float:
+        """Publish what is staged or due, then wait for the next."""
+        await self.publisher.wait(await self.publisher.step())
+        return 0.0

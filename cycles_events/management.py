@@ -12,6 +12,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from cycles_events import ARTIFACT, __version__
+from cycles_events.connection import describe
 from cycles_events.metrics import Metrics
 
 PING_TIMEOUT_S = 2.0
@@ -33,6 +34,8 @@ class HealthSources:
     consuming: Callable[[], bool]
     draining: Callable[[], bool]
     dispatcher_details: Callable[[], dict[str, Any]]
+    faults: Callable[[], list[str]] = list  # components failing persistently
+    redis_error: Callable[[], str | None] = lambda: None  # what the last Redis failure was
 
 
 def _json(status: str, components: dict[str, Any] | None = None) -> web.Response:
@@ -99,7 +102,7 @@ class ManagementServer:
         try:
             ok = await asyncio.wait_for(self.health.ping(), timeout=PING_TIMEOUT_S)
         except Exception as exc:
-            return {"status": "DOWN", "details": {"error": type(exc).__name__}}
+            return {"status": "DOWN", "details": {"error": describe(exc)}}
         return {"status": "UP" if ok else "DOWN", "details": {"ping": "PONG" if ok else None}}
 
     def _liveness_component(self) -> dict[str, Any]:
@@ -108,10 +111,15 @@ class ManagementServer:
         return {"status": "DOWN" if dead else "UP", "details": {"tasks": tasks}}
 
     def _dispatcher_component(self) -> dict[str, Any]:
-        ok = self.health.consuming() and not self.health.draining()
+        failing = self.health.faults()
+        ok = self.health.consuming() and not self.health.draining() and not failing
         details = dict(self.health.dispatcher_details())
         details["draining"] = self.health.draining()
         details["consuming"] = self.health.consuming()
+        if failing:
+            details["failing"] = failing
+        if not ok and (error := self.health.redis_error()):
+            details["redis_error"] = error
         return {"status": "UP" if ok else "DOWN", "details": details}
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import bisect
-import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -12,6 +11,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client import (
@@ -35,7 +35,7 @@ class _LoopFamily:
 
     The event loop is the only writer, so it needs none of the locks prometheus_client takes on
     every update; subclasses expose it exactly as prometheus_client would. A cell holds `width`
-    numbers, then the time it was created.
+    numbers.
     """
 
     width = 1
@@ -51,7 +51,7 @@ class _LoopFamily:
         """The cell of a label set."""
         cell = self.cells.get(labels)
         if cell is None:
-            cell = self.cells[labels] = [0.0] * self.width + [time.time()]
+            cell = self.cells[labels] = [0.0] * self.width
         return cell
 
     def collect(self) -> Iterator[Metric]:
@@ -69,9 +69,8 @@ class LoopCounter(_LoopFamily):
     def collect(self) -> Iterator[Metric]:
         """The family as prometheus_client writes a Counter."""
         family = Metric(self.name, self.documentation, "counter")
-        for named, (value, created) in self._labelled():
+        for named, (value,) in self._labelled():
             family.add_sample(self.name + "_total", named, value)
-            family.add_sample(self.name + "_created", named, created)
         yield family
 
 
@@ -108,7 +107,6 @@ class LoopHistogram(_LoopFamily):
                 family.add_sample(self.name + "_bucket", {**named, "le": le}, total)
             family.add_sample(self.name + "_count", named, total)
             family.add_sample(self.name + "_sum", named, cell[n])
-            family.add_sample(self.name + "_created", named, cell[n + 1])
         yield family
 
 
@@ -116,6 +114,8 @@ class Metrics:
     """The service's meters; `tenant` labels exist only when the tenant tag is enabled."""
 
     def __init__(self, *, tenant_tag: bool, registry: CollectorRegistry | None = None) -> None:
+        # A `_created` series for every counter doubles the series for nothing a dashboard uses.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry if registry is not None else CollectorRegistry()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.tenant_tag = tenant_tag
@@ -168,6 +168,41 @@ class Metrics:
             "cycles_webhook_events_payload_invalid",
             "Events delivered despite a payload-shape problem, by rule",
             ["type", "rule"],
+            registry=r,
+        )
+        self.boundary_skipped_total = Counter(
+            "cycles_webhook_delivery_boundary_skipped",
+            "Deliveries failed unsent by the webhook ownership boundary",
+            [*t, "event_type", "category"],
+            registry=r,
+        )
+        self.dead_lettered_total = Counter(
+            "cycles_webhook_delivery_dead_lettered",
+            "Delivery records moved to dispatch:failed, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.security_config_indeterminate = Counter(
+            "cycles_webhook_security_config_indeterminate",
+            "Deliveries held because config:webhook-security could not be read or judged",
+            registry=r,
+        )
+        self.event_published = Counter(
+            "cycles_webhook_dispatcher_event_published",
+            "Meta-events saved from the outbox",
+            ["event_type"],
+            registry=r,
+        )
+        self.event_deferred = Counter(
+            "cycles_webhook_dispatcher_event_deferred",
+            "Outbox publishes that failed and were put off",
+            ["event_type", "reason"],
+            registry=r,
+        )
+        self.event_dead_lettered = Counter(
+            "cycles_webhook_dispatcher_event_dead_lettered",
+            "Outbox tasks moved to dispatcher:event-outbox:failed",
+            ["event_type", "reason"],
             registry=r,
         )
         self.dropped = Counter(
@@ -242,27 +277,30 @@ class Metrics:
             child = self._children[key] = metric.labels(*values)
         return child
 
-    def delivered(
-        self, tenant: str | None, event_type: str | None, family: str, seconds: float
+    def sent(
+        self, tenant: str | None, event_type: str | None, outcome: str, seconds: float
     ) -> None:
-        """Count a send that succeeded: its attempt, its round trip and its success."""
-        key = (0, (tenant or "", event_type or "", family))
+        """Count an HTTP attempt and its round trip (`outcome`: success or the failure reason)."""
+        key = (0, (tenant or "", event_type or "", outcome))
         bundle = self._children.get(key)
         if bundle is None:
             t, e = self._t(tenant), _tag(event_type)
             bundle = self._children[key] = (
                 self.attempts.cell((*t, e)),
-                self.latency.cell((*t, e, "success")),
-                self.success.cell((*t, e, family)),
+                self.latency.cell((*t, e, outcome)),
             )
-        attempts, latency, success = bundle
+        attempts, latency = bundle
         attempts[0] += 1
         self.latency.observe(latency, seconds)
-        success[0] += 1
 
-    def attempt(self, tenant: str | None, event_type: str | None) -> None:
-        """Count an HTTP send."""
-        self.attempts.cell((*self._t(tenant), _tag(event_type)))[0] += 1
+    def succeeded(self, tenant: str | None, event_type: str | None, family: str) -> None:
+        """Count a delivery written SUCCESS."""
+        key = (1, (tenant or "", event_type or "", family))
+        cell = self._children.get(key)
+        if cell is None:
+            labels = (*self._t(tenant), _tag(event_type), family)
+            cell = self._children[key] = self.success.cell(labels)
+        cell[0] += 1
 
     def failure(self, tenant: str | None, event_type: str | None, reason: str) -> None:
         """Count a delivery that ended FAILED."""
@@ -280,12 +318,16 @@ class Metrics:
         """Count an auto-disabled subscription."""
         self._child(self.auto_disabled, *self._t(tenant), reason).inc()
 
-    def observe(
-        self, tenant: str | None, event_type: str | None, outcome: str, seconds: float
+    def boundary_skipped(
+        self, tenant: str | None, event_type: str | None, category: str | None
     ) -> None:
-        """Record one HTTP round trip."""
-        cell = self.latency.cell((*self._t(tenant), _tag(event_type), outcome))
-        self.latency.observe(cell, seconds)
+        """Count a delivery stopped by the ownership boundary."""
+        labels = (*self._t(tenant), _tag(event_type), _tag(category))
+        self._child(self.boundary_skipped_total, *labels).inc()
+
+    def dead_lettered(self, reason: str) -> None:
+        """Count a delivery record quarantined."""
+        self._child(self.dead_lettered_total, reason).inc()
 
     def invalid_payload(self, event_type: str | None, rule: str) -> None:
         """Count a payload-shape problem."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, TypeGuard
@@ -107,12 +108,17 @@ class RecordError(ValueError):
     """A record is not valid JSON of the expected shape."""
 
 
+# Instants this service can read and write: years 1 to 9999 (what datetime and Java share).
+_MAX_MS = 253_402_300_800_000
+_MIN_MS = -62_135_596_800_000
+
+
 def parse_instant_ms(value: Any) -> int | None:
     """Parse an ISO-8601 instant (Java Instant.toString style and common variants) to epoch ms."""
     if isinstance(value, bool) or value is None:
         return None
-    if isinstance(value, int | float):
-        return int(value)  # tolerate epoch ms written by other tools
+    if isinstance(value, int | float):  # epoch ms written by other tools, when in range
+        return int(value) if _MIN_MS <= value < _MAX_MS else None
     if not isinstance(value, str):
         return None
     try:  # the C parser covers every form Java writes; the regex below takes the rest
@@ -122,7 +128,10 @@ def parse_instant_ms(value: Any) -> int | None:
     else:
         if dt.tzinfo is None:
             dt = dt.replace(tzinfo=UTC)
-        delta = dt - _EPOCH
+        try:
+            delta = dt - _EPOCH
+        except OverflowError:  # an offset that takes it past year 1 or 9999
+            return None
         return delta.days * 86_400_000 + delta.seconds * 1000 + delta.microseconds // 1000
     m = _INSTANT.fullmatch(value.strip())
     if not m:
@@ -139,7 +148,8 @@ def parse_instant_ms(value: Any) -> int | None:
     if zone not in ("Z", "z"):
         digits = zone[1:].replace(":", "")
         offset_s = (int(digits[:2]) * 3600 + int(digits[2:]) * 60) * (1 if zone[0] == "+" else -1)
-    return int(dt.timestamp() - offset_s) * 1000 + int(fraction[:3])
+    ms = int(dt.timestamp() - offset_s) * 1000 + int(fraction[:3])
+    return ms if _MIN_MS <= ms < _MAX_MS else None
 
 
 def format_instant(ms: int) -> str:
@@ -224,6 +234,23 @@ def integer(obj: JsonObject, name: str, default: int) -> int:
     return default
 
 
+DELIVERY_STATUSES = frozenset({"PENDING", "RETRYING", "SUCCESS", "FAILED"})
+_INSTANT_FIELDS = ("attempted_at", "next_retry_at", "completed_at")
+
+
+def _attempts(value: Any) -> int:
+    """The attempts field as a whole number, or RecordError."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RecordError("attempts is not a number")
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        raise RecordError("attempts is not a whole number")
+    if value < 0:
+        raise RecordError("attempts is negative")
+    return int(value)
+
+
 class Delivery(NamedTuple):
     """A parsed delivery record; `doc` keeps every field as stored."""
 
@@ -238,26 +265,29 @@ class Delivery(NamedTuple):
 
     @classmethod
     def parse(cls, delivery_id: str, raw: bytes | str) -> Delivery:
-        """Parse a delivery record, raising RecordError when it cannot be used."""
+        """Parse a delivery record, raising RecordError when it cannot be used (section 3.1)."""
         doc = loads_object(raw)
         sub = text(doc, "subscription_id")
         event = text(doc, "event_id")
         if sub is None or event is None:
             raise RecordError("missing subscription_id or event_id")
-        attempts = doc.get("attempts", 0)
-        if attempts is None:
-            attempts = 0
-        if isinstance(attempts, bool) or not isinstance(attempts, int | float):
-            raise RecordError("attempts is not a number")
         status = doc.get("status")
+        if status not in DELIVERY_STATUSES:
+            raise RecordError("status is not PENDING, RETRYING, SUCCESS or FAILED")
+        instants: dict[str, int | None] = {}
+        for name in _INSTANT_FIELDS:
+            value = doc.get(name)
+            instants[name] = parse_instant_ms(value)
+            if value is not None and instants[name] is None:
+                raise RecordError(f"{name} is not a timestamp")
         return cls(
             delivery_id=delivery_id,
             subscription_id=sub,
             event_id=event,
-            status=status.upper() if isinstance(status, str) else "",
-            attempts=max(0, int(attempts)),
-            attempted_at_ms=parse_instant_ms(doc.get("attempted_at")),
-            next_retry_at_ms=parse_instant_ms(doc.get("next_retry_at")),
+            status=status,
+            attempts=_attempts(doc.get("attempts", 0)),
+            attempted_at_ms=instants["attempted_at"],
+            next_retry_at_ms=instants["next_retry_at"],
             doc=doc,
         )
 
@@ -265,6 +295,20 @@ class Delivery(NamedTuple):
     def event_type(self) -> str:
         """The delivery's event type, as recorded."""
         return text(self.doc, "event_type") or ""
+
+
+BUDGET_OPERATIONS = frozenset(
+    {
+        "CREDIT",
+        "DEBIT",
+        "RESET",
+        "RESET_SPENT",
+        "REPAY_DEBT",
+        "STATUS_CHANGE",
+        "CREATE",
+        "UPDATE",
+    }
+)
 
 
 def payload_problems(event: JsonObject) -> list[str]:
@@ -285,6 +329,22 @@ def payload_problems(event: JsonObject) -> list[str]:
     checkable = known_type or event_type.startswith("custom.")
     if category and checkable and event_type.split(".", 1)[0] != category:
         problems.append("category_mismatch")
+    data = event.get("data")
+    if event_type.startswith("budget.") or category == "budget":
+        operation = data.get("operation") if isinstance(data, dict) else None
+        if (
+            not isinstance(data, dict)
+            or data.get("ledger_id") is None
+            or (
+                operation is not None
+                and not (isinstance(operation, str) and operation in BUDGET_OPERATIONS)
+            )
+        ):
+            problems.append("budget_data_shape")
+    if event_type == "budget.reset_spent" and isinstance(data, dict):
+        provided = data.get("spent_override_provided")
+        if provided is not None and not isinstance(provided, bool):
+            problems.append("reset_spent_shape")
     trace = event.get("trace_id")
     if trace is not None and not is_trace_id(trace):
         problems.append("trace_id_shape")

@@ -1,72 +1,29 @@
-"""All Redis I/O of the service, through the key names and scripts of `keys`."""
+"""All Redis I/O of the dispatcher, through the key names and scripts of `keys`."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-import hiredis
 from redis.asyncio import Redis
-from redis.asyncio.connection import Connection, SSLConnection
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import ResponseError
 
-from cycles_events import keys, logs
+from cycles_events import keys
+from cycles_events.connection import RedisIO, RedisState
+from cycles_events.metaevents import Task
 from cycles_events.models import JsonObject, dumps, parse_instant_ms, text
 
-
-def _pack(args: tuple[Any, ...]) -> bytes:
-    if isinstance(args[0], str) and " " in args[0]:  # 'CLIENT SETINFO' and the like
-        args = (*args[0].split(), *args[1:])
-    try:
-        packed: bytes = hiredis.pack_command(args)
-    except UnicodeEncodeError:  # an id that was not UTF-8 on the way in goes back as it came
-        raw: Any = tuple(
-            a.encode("utf-8", "surrogateescape") if isinstance(a, str) else a for a in args
-        )
-        packed = hiredis.pack_command(raw)
-    return packed
-
-
-class _HiredisPacking:
-    """Packs commands with hiredis's C packer, which redis-py's asyncio connections do not use.
-
-    With batched scripts of several arguments per delivery, the pure-Python packer was the
-    largest single CPU cost of a delivery.
-    """
-
-    def pack_command(self, *args: Any) -> list[bytes]:
-        """One command in the Redis protocol."""
-        return [_pack(args)]
-
-    def pack_commands(self, commands: Iterable[Iterable[Any]]) -> list[bytes]:
-        """Several commands (a pipeline) in the Redis protocol."""
-        return [b"".join(_pack(tuple(c)) for c in commands)]
-
-
-class PackedConnection(_HiredisPacking, Connection):
-    """A TCP connection using the C packer."""
-
-
-class PackedSSLConnection(_HiredisPacking, SSLConnection):
-    """A TLS connection using the C packer."""
-
-
-# Errors that mean "Redis is unreachable right now", as opposed to a bad command.
-UNAVAILABLE: tuple[type[BaseException], ...] = (
-    RedisConnectionError,
-    RedisTimeoutError,
-    ConnectionError,
-    TimeoutError,
-    OSError,
-)
+CLAIM_REPLY_TTL_MS = 60_000
+HEARTBEAT_CHUNK = 2000
 
 
 def _bytes(value: Any) -> bytes | None:
-    if value is None or isinstance(value, bytes):
+    if value is None or value is False:  # Lua's false arrives as None or False
+        return None
+    if isinstance(value, bytes):
         return value
     return str(value).encode("utf-8")
 
@@ -80,41 +37,6 @@ def _s(value: Any) -> str:
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
 
 
-class RedisState:
-    """Tracks whether Redis answers, logging each change of state once.
-
-    A failure within DOWN_AFTER_S of the last success is not an outage yet: after a restart,
-    each pooled connection fails once while fresh ones succeed, and that is not a state change.
-    """
-
-    DOWN_AFTER_S = 1.0
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self.up = True
-        self.since = clock()
-        self.last_ok = clock()
-        self.last_error: str | None = None
-
-    def ok(self) -> None:
-        """Record a successful command."""
-        self.last_ok = self.clock()
-        if not self.up:
-            logs.info("redis_reconnected", down_seconds=round(self.last_ok - self.since, 1))
-            self.up = True
-            self.since = self.last_ok
-            self.last_error = None
-
-    def failed(self, exc: BaseException) -> None:
-        """Record a connection failure."""
-        self.last_error = type(exc).__name__
-        now = self.clock()
-        if self.up and now - self.last_ok >= self.DOWN_AFTER_S:
-            logs.error("redis_unavailable", error=self.last_error)
-            self.up = False
-            self.since = now
-
-
 @dataclass(frozen=True, slots=True)
 class Related:
     """The records a batch of deliveries needs: events, subscriptions and secrets by id."""
@@ -126,21 +48,45 @@ class Related:
 
 
 class Claimed(NamedTuple):
-    """Ids just claimed, their delivery records (None when missing), and duplicates dropped."""
+    """Ids just claimed, their delivery records (None when missing), duplicates dropped."""
 
     ids: list[str]
     records: list[bytes | None]
     duplicates: int
+    now_ms: int
 
 
-class FinalWrite(NamedTuple):
-    """A delivery's last write: its record, a retry to schedule, or a quarantine entry."""
+class Write(NamedTuple):
+    """One delivery's last step for the OUTCOME script (every field optional but the claim)."""
 
     delivery_id: str
     token: str
-    record: JsonObject | None = None
+    record: str = ""
     retry_at_ms: int | None = None
-    quarantine: JsonObject | None = None
+    push: str = ""  # 'R': next out of pending, 'L': last
+    quarantine: str = ""
+    subscription_id: str = ""
+    expected: str = ""  # '^': as the previous write of the same subscription leaves it
+    new: str = ""  # '=': the same as the previous write of the same subscription
+    tasks: tuple[Task, ...] = ()
+
+
+class Reply(NamedTuple):
+    """What OUTCOME did with one write: 'ok', 'lost', 'conflict' (with the current record)
+    or 'error' (with why)."""
+
+    status: str
+    current: bytes | None = None
+    error: str | None = None
+
+
+class Recovered(NamedTuple):
+    """One step of the recovery walk."""
+
+    ids: list[str]
+    dated: int
+    next_index: int
+    length: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,55 +99,77 @@ class QueueDepths:
     processing: int
     failed: int
     oldest_pending_age_s: float | None
+    outbox: int = 0
 
 
-class Store:
-    """Redis operations of the dispatcher; every multi-step change is one Lua script."""
+class Store(RedisIO):
+    """Redis operations of the dispatcher; every change of state is one Lua script."""
 
-    def __init__(self, redis: Redis, blocking: Redis | None = None) -> None:
-        self.redis = redis
+    def __init__(
+        self, redis: Redis, blocking: Redis | None = None, state: RedisState | None = None
+    ) -> None:
+        super().__init__(redis, state)
         self.blocking = blocking or redis
         r = redis
         self._claim = r.register_script(keys.CLAIM)
         self._adopt = r.register_script(keys.ADOPT)
-        self._finalize_many = r.register_script(keys.FINALIZE_MANY)
-        self._cas_many = r.register_script(keys.CAS_MANY)
-        self._release = r.register_script(keys.RELEASE)
+        self._outcome = r.register_script(keys.OUTCOME)
         self._heartbeat = r.register_script(keys.HEARTBEAT)
         self._recover = r.register_script(keys.RECOVER)
         self._promote = r.register_script(keys.PROMOTE)
         self._save_event = r.register_script(keys.SAVE_EVENT)
         self._trim = r.register_script(keys.TRIM_ZSET)
+        self._cas = r.register_script(keys.CAS)
 
     async def ping(self) -> bool:
         """PING Redis."""
-        return bool(await self.redis.ping())
+        return bool(await self._run(self.redis.ping()))
 
-    async def claim(self, limit: int, token: str, now_ms: int) -> Claimed:
-        """Claim up to `limit` ids with their records, counting concurrent duplicates dropped."""
-        ids, dups, records = await self._claim(
-            keys=[keys.PENDING, keys.PROCESSING, keys.CLAIMED_AT, keys.CLAIM_OWNER],
-            args=[limit, now_ms, token, keys.DELIVERY_PREFIX],
+    async def server_time_ms(self) -> tuple[int, float]:
+        """Redis's clock in epoch ms, and the local monotonic time half-way through the call."""
+        before = time.monotonic()
+        seconds, micros = await self._run(self.redis.time())
+        return seconds * 1000 + micros // 1000, (before + time.monotonic()) / 2
+
+    async def claim(self, limit: int, token: str) -> Claimed:
+        """Claim up to `limit` ids with their records (idempotent for one token)."""
+        ids, dups, records, now = await self._run(
+            self._claim(
+                keys=[
+                    keys.PENDING,
+                    keys.PROCESSING,
+                    keys.CLAIMED_AT,
+                    keys.CLAIM_OWNER,
+                    keys.claim_reply(token),
+                ],
+                args=[limit, token, keys.DELIVERY_PREFIX, CLAIM_REPLY_TTL_MS],
+            )
         )
-        # Lua's false arrives as None
-        return Claimed([_s(i) for i in ids], _bytes_list(records), int(dups))
+        return Claimed([_s(i) for i in ids], _bytes_list(records), int(dups), int(now))
 
-    async def claim_blocking(self, timeout_s: float, token: str) -> str | None:
-        """Wait up to `timeout_s` for one id and claim it (None on timeout or duplicate)."""
+    async def wait_for_one(self, timeout_s: float) -> str | None:
+        """Wait up to `timeout_s` for one id and move it to processing (BLMOVE, as Java does)."""
         timeout: Any = timeout_s  # redis-py types it as int; Redis accepts fractional seconds
-        raw = await self.blocking.blmove(keys.PENDING, keys.PROCESSING, timeout, "RIGHT", "LEFT")
-        if raw is None:
-            return None
-        delivery_id = _s(raw)
-        owned = await self._adopt(
-            keys=[keys.PROCESSING, keys.CLAIMED_AT, keys.CLAIM_OWNER],
-            args=[delivery_id, int(time.time() * 1000), token],
+        raw = await self._run(
+            self.blocking.blmove(keys.PENDING, keys.PROCESSING, timeout, "RIGHT", "LEFT")
         )
-        return delivery_id if int(owned) == 1 else None
+        return None if raw is None else _s(raw)
+
+    async def adopt(self, delivery_id: str, token: str) -> Claimed:
+        """Claim an id `wait_for_one` moved (idempotent for one token)."""
+        owned, record, now = await self._run(
+            self._adopt(
+                keys=[keys.PROCESSING, keys.CLAIMED_AT, keys.CLAIM_OWNER],
+                args=[delivery_id, token, keys.DELIVERY_PREFIX],
+            )
+        )
+        if int(owned) != 1:
+            return Claimed([], [], 1, int(now))
+        return Claimed([delivery_id], [_bytes(record)], 0, int(now))
 
     async def load_deliveries(self, ids: Sequence[str]) -> list[bytes | None]:
         """The delivery records of `ids`, in order."""
-        return _bytes_list(await self.redis.mget([keys.delivery(i) for i in ids]))
+        return _bytes_list(await self._run(self.redis.mget([keys.delivery(i) for i in ids])))
 
     async def load_related(
         self, event_ids: Sequence[str], subscription_ids: Sequence[str]
@@ -216,7 +184,7 @@ class Store:
         )
         if not names:
             return Related({}, {}, {})
-        values = _bytes_list(await self.redis.mget(names))
+        values = _bytes_list(await self._run(self.redis.mget(names)))
         n, m = len(ev), len(subs)
         return Related(
             events=dict(zip(ev, values[:n], strict=True)),
@@ -224,90 +192,97 @@ class Store:
             secrets=dict(zip(subs, values[n + m :], strict=True)),
         )
 
-    async def finalize(self, ops: Sequence[FinalWrite], failed_max_len: int) -> list[bool]:
-        """Write deliveries' outcomes and release their claims, in one call.
-
-        Returns, per write, False when the claim is no longer ours (then nothing was written).
-        """
-        if not ops:
+    async def record(self, writes: Sequence[Write], failed_max_len: int) -> list[Reply]:
+        """Run the OUTCOME script on a batch of writes: one reply per write, in order."""
+        if not writes:
             return []
-        args: list[str | int] = [failed_max_len]
-        for op in ops:
+        args: list[str | int] = [
+            failed_max_len,
+            keys.DELIVERY_PREFIX,
+            keys.SUBSCRIPTION_PREFIX,
+            keys.OUTBOX_TASK_PREFIX,
+        ]
+        for w in writes:
             args += [
-                op.delivery_id,
-                op.token,
-                dumps(op.record) if op.record is not None else "",
-                op.retry_at_ms if op.retry_at_ms is not None else "",
-                dumps(op.quarantine) if op.quarantine is not None else "",
+                w.delivery_id,
+                w.token,
+                w.record,
+                w.retry_at_ms if w.retry_at_ms is not None else "",
+                w.push,
+                w.quarantine,
+                w.subscription_id,
+                w.expected,
+                w.new,
+                len(w.tasks),
             ]
-        done = await self._finalize_many(
-            keys=[keys.PROCESSING, keys.CLAIMED_AT, keys.CLAIM_OWNER, keys.RETRY, keys.FAILED]
-            + [keys.delivery(op.delivery_id) for op in ops],
-            args=args,
+            for t in w.tasks:
+                args += [t.task_id, t.json, t.created_ms]
+        raw = await self._run(
+            self._outcome(
+                keys=[
+                    keys.PENDING,
+                    keys.PROCESSING,
+                    keys.CLAIMED_AT,
+                    keys.CLAIM_OWNER,
+                    keys.RETRY,
+                    keys.FAILED,
+                    keys.OUTBOX_PENDING,
+                ],
+                args=args,
+            )
         )
-        return [int(d) == 1 for d in done]
+        return [_reply(r) for r in raw]
 
-    async def release(
-        self, ids: Sequence[str], token: str, *, retry_at_ms: int | None = None
-    ) -> int:
-        """Give back unstarted claims: to pending, or parked on the retry ZSET."""
-        if not ids:
-            return 0
-        n = await self._release(
-            keys=[keys.PENDING, keys.PROCESSING, keys.CLAIMED_AT, keys.CLAIM_OWNER, keys.RETRY],
-            args=[token, retry_at_ms if retry_at_ms is not None else "", *ids],
+    async def heartbeat(self, ids: Sequence[str], owner_prefix: str) -> int:
+        """Refresh the claim time of the ids this process still owns."""
+        refreshed = 0
+        for i in range(0, len(ids), HEARTBEAT_CHUNK):
+            chunk = ids[i : i + HEARTBEAT_CHUNK]
+            refreshed += int(
+                await self._run(
+                    self._heartbeat(
+                        keys=[keys.CLAIMED_AT, keys.CLAIM_OWNER], args=[owner_prefix, *chunk]
+                    )
+                )
+            )
+        return refreshed
+
+    async def recover(self, idle_ms: int, start: int, count: int) -> Recovered:
+        """One step of the walk that returns idle claims to pending."""
+        ids, dated, nxt, length = await self._run(
+            self._recover(
+                keys=[keys.PENDING, keys.PROCESSING, keys.CLAIMED_AT, keys.CLAIM_OWNER],
+                args=[idle_ms, start, count],
+            )
         )
-        return int(n)
+        return Recovered([_s(i) for i in ids], int(dated), int(nxt), int(length))
 
-    async def heartbeat(self, ids: Sequence[str], owner_prefix: str, now_ms: int) -> int:
-        """Refresh the claim time of ids this process still owns."""
-        if not ids:
-            return 0
-        n = await self._heartbeat(
-            keys=[keys.CLAIMED_AT, keys.CLAIM_OWNER], args=[now_ms, owner_prefix, *ids]
+    async def promote(self, limit: int) -> tuple[int, int | None, int]:
+        """Move due retries to pending: (moved, next due ms or None, Redis's now ms)."""
+        moved, nxt, now = await self._run(
+            self._promote(keys=[keys.RETRY, keys.PENDING], args=[limit])
         )
-        return int(n)
-
-    async def recover(self, now_ms: int, idle_ms: int, limit: int = 1000) -> list[str]:
-        """Return orphaned claims to pending."""
-        ids = await self._recover(
-            keys=[keys.PENDING, keys.PROCESSING, keys.CLAIMED_AT, keys.CLAIM_OWNER],
-            args=[now_ms, idle_ms, limit],
-        )
-        return [_s(i) for i in ids]
-
-    async def promote(self, now_ms: int, limit: int) -> tuple[int, int | None]:
-        """Move due retries to pending; returns (moved, next due ms or None)."""
-        moved, nxt = await self._promote(keys=[keys.RETRY, keys.PENDING], args=[now_ms, limit])
         next_ms = int(float(_s(nxt)))
-        return int(moved), (None if next_ms < 0 else next_ms)
+        return int(moved), (None if next_ms < 0 else next_ms), int(now)
+
+    async def redis_uptime_s(self) -> int:
+        """How long the Redis server has been up (a restart restores old claim times)."""
+        info = await self._run(self.redis.info("server"))
+        return int(info.get("uptime_in_seconds", 0))
 
     async def get_subscription(self, subscription_id: str) -> bytes | None:
         """The raw subscription record."""
-        return _bytes(await self.redis.get(keys.subscription(subscription_id)))
+        return _bytes(await self._run(self.redis.get(keys.subscription(subscription_id))))
 
     async def cas_subscription(
         self, subscription_id: str, expected: str, new: str
     ) -> tuple[str, bytes | None]:
         """Compare-and-set a subscription: ('ok'|'missing'|'conflict', current when conflict)."""
-        (result,) = await self.cas_subscriptions([(subscription_id, expected, new)])
-        return result
-
-    async def cas_subscriptions(
-        self, items: Sequence[tuple[str, str, str]]
-    ) -> list[tuple[str, bytes | None]]:
-        """CAS several subscriptions (id, expected, new) in one call."""
-        if not items:
-            return []
-        res = await self._cas_many(
-            keys=[keys.subscription(sub_id) for sub_id, _, _ in items],
-            args=[v for _, expected, new in items for v in (expected, new)],
+        res = await self._run(
+            self._cas(keys=[keys.subscription(subscription_id)], args=[expected, new])
         )
-        out: list[tuple[str, bytes | None]] = []
-        for r in res:
-            status = _s(r[0])
-            out.append((status, _bytes(r[1]) if status == "conflict" else None))
-        return out
+        status = _s(res[0])
+        return status, (_bytes(res[1]) if status == "conflict" else None)
 
     async def save_event(self, event: JsonObject, ttl_seconds: int) -> None:
         """Save an event the way the admin server does (idempotent for a given event id)."""
@@ -315,60 +290,78 @@ class Store:
         tenant = text(event, "tenant_id") or "__system__"
         corr = text(event, "correlation_id")
         score = parse_instant_ms(event.get("timestamp")) or int(time.time() * 1000)
-        await self._save_event(
-            keys=[
-                keys.event(event_id),
-                keys.tenant_events(tenant),
-                keys.EVENTS_ALL,
-                keys.correlation(corr) if corr else keys.correlation("_"),
-            ],
-            args=[dumps(event), ttl_seconds, score, event_id, "1" if corr else "0"],
+        await self._run(
+            self._save_event(
+                keys=[
+                    keys.event(event_id),
+                    keys.tenant_events(tenant),
+                    keys.EVENTS_ALL,
+                    keys.correlation(corr) if corr else keys.correlation("_"),
+                ],
+                args=[dumps(event), ttl_seconds, score, event_id, "1" if corr else "0"],
+            )
         )
 
     async def security_config(self) -> bytes | None:
         """The raw config:webhook-security value."""
-        return _bytes(await self.redis.get(keys.SECURITY_CONFIG))
+        return _bytes(await self._run(self.redis.get(keys.SECURITY_CONFIG)))
 
     async def acquire_lock(self, name: str, token: str, ttl_ms: int) -> bool:
         """Take a lock key for `ttl_ms` unless someone holds it."""
-        return bool(await self.redis.set(name, token, nx=True, px=ttl_ms))
+        return bool(await self._run(self.redis.set(name, token, nx=True, px=ttl_ms)))
 
     async def trim_indexes(self, pattern: str, cutoff_ms: int, scan_count: int = 500) -> int:
         """Trim index ZSETs matching `pattern` below `cutoff_ms`, skipping non-ZSET keys."""
         removed = 0
-        batch: list[bytes] = []
-        async for key in self.redis.scan_iter(match=pattern, count=scan_count):
-            batch.append(key)
-            if len(batch) >= scan_count:
-                removed += await self._trim_batch(batch, cutoff_ms)
-                batch = []
-        if batch:
-            removed += await self._trim_batch(batch, cutoff_ms)
-        return removed
+        cursor: int = 0
+        while True:
+            cursor, names = await self._run(
+                self.redis.scan(cursor=cursor, match=pattern, count=scan_count)
+            )
+            if names:
+                removed += await self._trim_batch(names, cutoff_ms)
+            if cursor == 0:
+                return removed
 
-    async def _trim_batch(self, names: list[bytes], cutoff_ms: int) -> int:
+    async def _trim_batch(self, names: list[bytes | str], cutoff_ms: int) -> int:
         pipe = self.redis.pipeline(transaction=False)
         for name in names:
             await self._trim(keys=[name], args=[cutoff_ms], client=pipe)
-        results = await pipe.execute()
+        results = await self._run(pipe.execute())
         return sum(int(r) for r in results if int(r) > 0)
 
     async def depths(self, now_ms: int) -> QueueDepths:
-        """Queue depths and the age of the oldest pending delivery."""
+        """Queue depths and the age of the oldest pending delivery (a wrong type reads as 0)."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.llen(keys.PENDING)
         pipe.zcard(keys.RETRY)
         pipe.zcount(keys.RETRY, "-inf", now_ms)
         pipe.llen(keys.PROCESSING)
         pipe.llen(keys.FAILED)
+        pipe.zcard(keys.OUTBOX_PENDING)
         pipe.lindex(keys.PENDING, -1)
-        pending, retry, due, processing, failed, oldest = await pipe.execute()
+        answers = await self._run(pipe.execute(raise_on_error=False))
+        counts = [a if isinstance(a, int) else 0 for a in answers[:6]]
+        pending, retry, due, processing, failed, outbox = counts
+        oldest = answers[6] if isinstance(answers[6], bytes) else None
         age: float | None = None
         if oldest is not None:
-            raw = _bytes(await self.redis.get(keys.delivery(_s(oldest))))
+            try:
+                raw = _bytes(await self._run(self.redis.get(keys.delivery(_s(oldest)))))
+            except ResponseError:  # a record of the wrong type has no age
+                raw = None
             if raw is not None:
                 age = _record_age_s(raw, now_ms)
-        return QueueDepths(int(pending), int(retry), int(due), int(processing), int(failed), age)
+        return QueueDepths(pending, retry, due, processing, failed, age, outbox)
+
+
+def _reply(raw: Any) -> Reply:
+    if isinstance(raw, bytes | str):
+        return Reply(_s(raw))
+    status = _s(raw[0])
+    if status == "conflict":
+        return Reply(status, current=_bytes(raw[1]) if len(raw) > 1 else None)
+    return Reply(status, error=_s(raw[1]) if len(raw) > 1 else None)
 
 
 def _record_age_s(raw: bytes, now_ms: int) -> float | None:

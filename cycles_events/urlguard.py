@@ -46,6 +46,7 @@ BASELINE_BLOCKED = (
 _LOCAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+_CIDR_TEXT = re.compile(r"[0-9A-Fa-f:.]+(?:/[0-9]{1,3})?")
 _DNS_NAME = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\.?")
 _DEC = re.compile(r"[1-9][0-9]*|0")
 _OCT = re.compile(r"0[0-7]+")
@@ -117,6 +118,9 @@ class SecurityPolicy:
         if not isinstance(ranges, list) or not all(isinstance(r, str) for r in ranges):
             raise SecurityConfigError("blocked_cidr_ranges is not a list of strings")
         try:
+            for r in ranges:  # a literal CIDR only: no hostname, path or zone id
+                if not _CIDR_TEXT.fullmatch(r.strip()):
+                    raise ValueError(f"{r.strip()[:64]!r} is not a literal CIDR")
             blocked = _networks(r.strip() for r in ranges)
         except ValueError as exc:
             raise SecurityConfigError(f"blocked_cidr_ranges has an invalid range: {exc}") from None

@@ -41,7 +41,7 @@ async def start_app(redis_server: RedisServer) -> AsyncIterator[StartApp]:
         task = asyncio.create_task(app.run())
         running.append((app, task))
         for _ in range(500):  # until the claimer has talked to Redis: the app is ready
-            if app.dispatcher.consuming:
+            if app.pipeline.consuming:
                 break
             await asyncio.sleep(0.01)
         return app

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from cycles_events import dispatcher
+from cycles_events.dispatch import intake, workers
 from cycles_events.app import App
 from cycles_events.crypto import SecretError, decrypt_secret, encrypt_secret
 from cycles_events.signing import sign
@@ -128,10 +128,10 @@ class Harness:
     async def assert_pool_full(self) -> None:
         """The pool drains back to zero and a good delivery still succeeds."""
         for _ in range(500):
-            if self.app.dispatcher.active == 0:
+            if self.app.pipeline.counts.claimed == 0:
                 break
             await asyncio.sleep(0.01)
-        assert self.app.dispatcher.active == 0
+        assert self.app.pipeline.counts.claimed == 0
         good = await self.admin.deliver(self.sub)
         assert await self.settle(good, in_example=False) == "SUCCESS"
         self.assert_whole()
@@ -145,7 +145,8 @@ async def harness(
     redis: Redis,
     monkeypatch: pytest.MonkeyPatch,
 ) -> AsyncIterator[Harness]:
-    monkeypatch.setattr(dispatcher, "ERROR_RETRY_DELAY_MS", 600_000)
+    monkeypatch.setattr(intake, "ERROR_RETRY_DELAY_MS", 600_000)
+    monkeypatch.setattr(workers, "ERROR_RETRY_DELAY_MS", 600_000)
     await admin.security()
     sub = await admin.subscription(receiver.url("/good"), encrypt=True)
     app = await start_app()

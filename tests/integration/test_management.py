@@ -179,7 +179,7 @@ async def test_queue_gauges_are_sampled(start_app: StartApp, admin: Admin, redis
     await redis.zadd("dispatch:retry", {"del_a": 1, "del_b": 2})
     await redis.lpush("dispatch:failed", "{}")
     app = await start_app(DISPATCH_CONCURRENCY=1)
-    app.dispatcher.stop_claiming()  # leave pending alone so the gauges have something to show
+    app.pipeline.stop_claiming()  # leave pending alone so the gauges have something to show
     await app.sampler.step()
     found = samples((await get(app, "/actuator/prometheus"))[1])
     assert value(found, "cycles_webhook_dispatch_queue_depth", queue="failed") == 1

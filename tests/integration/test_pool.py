@@ -38,7 +38,7 @@ async def test_hung_receiver_does_not_hold_up_other_subscriptions(
     release.set()
     await admin.wait_status(slow_ids, {"SUCCESS"}, timeout=60)
     assert len(receiver.for_path("/stuck")) == 40
-    assert app.dispatcher.active == 0
+    assert app.pipeline.counts.claimed == 0
 
 
 async def test_retry_fires_without_waiting_for_the_poll_interval(
@@ -175,7 +175,7 @@ async def test_never_more_than_the_concurrency_in_flight(
     app = await start_app(DISPATCH_CONCURRENCY=8, DISPATCH_MAX_IN_FLIGHT_PER_SUBSCRIPTION=8)
     await admin.wait_status(ids, {"SUCCESS"}, timeout=30)
     assert peak == 8
-    assert app.dispatcher.active == 0
+    assert app.pipeline.counts.claimed == 0
 
 
 async def test_idle_workers_do_not_pile_up_wake_ups(
@@ -185,6 +185,6 @@ async def test_idle_workers_do_not_pile_up_wake_ups(
     sub = await admin.subscription(receiver.url())
     app = await start_app(DISPATCH_CONCURRENCY=4)
     await asyncio.sleep(2.5)  # idle workers re-check every second
-    assert len(app.dispatcher._idle_workers) <= 4
+    assert len(app.pipeline.gate._idle) <= 4
     delivery_id = await admin.deliver(sub)
     await admin.wait_status([delivery_id], {"SUCCESS"}, timeout=10)

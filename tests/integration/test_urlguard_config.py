@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from cycles_events import dispatcher
+from cycles_events.dispatch import intake
 from cycles_events.app import App
 from tests.integration.conftest import StartApp
 from tests.support import OPEN_SECURITY, Admin, Receiver, metric
@@ -76,7 +76,7 @@ async def test_the_config_is_read_on_a_timer_not_per_delivery(
     "bad",
     ['{"allow_http":"yes"}', '{"blocked_cidr_ranges":["10.0.0.0/33"]}', "{not json", "[]"],
 )
-async def test_an_unreadable_config_parks_deliveries_instead_of_failing_them(
+async def test_an_indeterminate_config_holds_deliveries_instead_of_failing_them(
     start_app: StartApp,
     admin: Admin,
     receiver: Receiver,
@@ -84,7 +84,7 @@ async def test_an_unreadable_config_parks_deliveries_instead_of_failing_them(
     monkeypatch: pytest.MonkeyPatch,
     bad: str,
 ) -> None:
-    monkeypatch.setattr(dispatcher, "ERROR_RETRY_DELAY_MS", 200)
+    monkeypatch.setattr(intake, "CONFIG_HOLD_MS", 200)
     await admin.security()
     app = await start_app()
     sub = await admin.subscription(receiver.url())
@@ -93,9 +93,9 @@ async def test_an_unreadable_config_parks_deliveries_instead_of_failing_them(
     await set_config(app, redis, bad)
     assert app.policy.error is not None
     parked = await admin.deliver(sub)
-    name = "cycles_webhook_security_config_invalid_total"
+    name = "cycles_webhook_security_config_indeterminate_total"
     for _ in range(500):
-        if metric(app, name) >= 3:  # parked, retried and parked again, more than once
+        if metric(app, name) >= 3:  # held, tried again and held again, more than once
             break
         await asyncio.sleep(0.02)
     assert metric(app, name) >= 3

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from cycles_events import cli
+from cycles_events.cli import common
 from cycles_events.crypto import decrypt_secret
 
 EXAMPLES = Path("/work/shared/spec/examples/signing.json")
@@ -157,6 +158,6 @@ def test_redis_target_never_shows_the_password(monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.delenv("REDIS_URL", raising=False)
     with_url = Settings(REDIS_URL="redis://:hunter2@redis.internal:6380/0")
-    assert cli._redis_target(with_url) == "redis.internal:6380"
+    assert common._redis_target(with_url) == "redis.internal:6380"
     plain = Settings(REDIS_HOST="cache", REDIS_PORT=7000, REDIS_PASSWORD="hunter2")
-    assert cli._redis_target(plain) == "cache:7000"
+    assert common._redis_target(plain) == "cache:7000"

@@ -1,0 +1,19 @@
+"""The `cycles-events` command line: the daemon, its health check and the operator commands."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from cycles_events.cli.daemon import tune_gc
+from cycles_events.cli.parser import build_parser, check_arguments
+
+__all__ = ["main", "tune_gc"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_arguments(parser, args)
+    code: int = args.func(args)
+    return code

@@ -1,0 +1,1 @@
+"""The dispatch pipeline: claim, intake, per-subscription gate, send workers, recorder."""

@@ -1,0 +1,145 @@
+"""The claimer: takes delivery ids from dispatch:pending into claims this process owns."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import secrets
+from collections.abc import Callable, Sequence
+
+from cycles_events.connection import UNAVAILABLE
+from cycles_events.dispatch.counts import CLAIM_BATCH, Counts
+from cycles_events.dispatch.gate import Gate
+from cycles_events.dispatch.outcomes import Outcome, Step
+from cycles_events.metrics import Metrics
+from cycles_events.store import Claimed, Store
+from cycles_events.supervise import Faults
+
+MAX_BACKOFF_S = 5.0
+SAFETY_NET_S = 1.0
+
+
+class Claimer:
+    """Claims batches when there is room, blocks on an empty queue, and keeps the claims' book.
+
+    Every claim token is this process's random prefix and a sequence number, so a heartbeat can
+    tell its own claims. A claim whose reply was lost is asked for again with the same token,
+    and the script answers with the same ids instead of taking more.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        counts: Counts,
+        gate: Gate,
+        metrics: Metrics,
+        faults: Faults,
+        pending_timeout_s: float,
+        to_intake: Callable[[Sequence[str], str, Sequence[bytes | None] | None], None],
+        to_record: Callable[[Outcome], None],
+    ) -> None:
+        self._store = store
+        self._counts = counts
+        self._gate = gate
+        self._metrics = metrics
+        self._faults = faults
+        self._pending_timeout_s = pending_timeout_s
+        self._to_intake = to_intake
+        self._to_record = to_record
+        self.instance = secrets.token_hex(8)
+        self._seq = itertools.count()
+        self.held: dict[str, str] = {}  # delivery id -> claim token, for every claim we own
+        self.accepting = True
+        self.consuming = False  # claims answered lately: Redis is there and we take work
+        self.blocking = False  # waiting on an empty queue (the one wait a stop cuts short)
+        self._unanswered: str | None = None  # a CLAIM token whose reply was lost
+        self._unadopted: tuple[str, str] | None = None  # an id moved by BLMOVE, not yet adopted
+
+    @property
+    def owner_prefix(self) -> str:
+        """The prefix of every claim token of this process."""
+        return f"{self.instance}:"
+
+    def _token(self) -> str:
+        return f"{self.instance}:{next(self._seq)}"
+
+    def stop(self) -> None:
+        """Stop taking new work (the first step of a drain)."""
+        self.accepting = False
+        self.consuming = False
+        self._counts.wake()
+
+    def released(self, delivery_id: str) -> None:
+        """A claim ended (written, or recovered by someone else)."""
+        self.held.pop(delivery_id, None)
+
+    async def heartbeat(self) -> int:
+        """Refresh the claim times of everything this process holds."""
+        ids = list(self.held)
+        return await self._store.heartbeat(ids, self.owner_prefix) if ids else 0
+
+    async def run(self) -> None:
+        """Claim until `stop` (or cancellation)."""
+        backoff = 0.1
+        while self.accepting:
+            self._gate.nudge()
+            room = self._counts.room()
+            if room < self._counts.low_water and self._unadopted is None:
+                await self._counts.wait_for_room(SAFETY_NET_S)
+                continue
+            try:
+                claimed, token = await self._claim(min(room, CLAIM_BATCH))
+            except UNAVAILABLE:
+                self.consuming = False
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                continue
+            except Exception as exc:  # a script refused (a key of the wrong type): keep trying
+                self.consuming = False
+                self._faults.failed("claim", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                continue
+            backoff = 0.1
+            self.consuming = True
+            self._faults.ok("claim")
+            if claimed.duplicates:
+                self._metrics.dropped.labels("duplicate_claim").inc(claimed.duplicates)
+            if claimed.ids:
+                self._accept(claimed, token)
+
+    async def _claim(self, limit: int) -> tuple[Claimed, str]:
+        """A batch when pending has one, else one id after a blocking wait (as Java takes it)."""
+        if self._unadopted is not None:
+            return await self._adopt(*self._unadopted)
+        token = self._unanswered or self._token()
+        self._unanswered = token
+        claimed = await self._store.claim(max(1, limit), token)
+        self._unanswered = None
+        if claimed.ids or claimed.duplicates or not self.accepting:
+            return claimed, token
+        self.blocking = True
+        try:
+            moved = await self._store.wait_for_one(self._pending_timeout_s)
+        finally:
+            self.blocking = False
+        if moved is None:
+            return claimed, token
+        return await self._adopt(moved, self._token())
+
+    async def _adopt(self, delivery_id: str, token: str) -> tuple[Claimed, str]:
+        self._unadopted = (delivery_id, token)
+        claimed = await self._store.adopt(delivery_id, token)
+        self._unadopted = None
+        return claimed, token
+
+    def _accept(self, claimed: Claimed, token: str) -> None:
+        if not self.accepting:  # stopped meanwhile: the batch goes back to the front of pending
+            for delivery_id in claimed.ids:
+                self.held[delivery_id] = token
+                self._to_record(Outcome(Step.RELEASE, delivery_id, token, push="R"))
+            return
+        for delivery_id in claimed.ids:
+            self.held[delivery_id] = token
+        self._to_intake(claimed.ids, token, claimed.records)

@@ -1,0 +1,57 @@
+-- CLAIM: take up to ARGV[1] ids from the right (oldest) end of dispatch:pending.
+-- KEYS[1] dispatch:pending, KEYS[2] dispatch:processing, KEYS[3] dispatch:processing:claimed_at,
+-- KEYS[4] dispatch:processing:claim_owner, KEYS[5] this claim's reply key
+-- reads delivery:{id} (ARGV[3] .. id) of each id it claims
+-- ARGV[1] max ids, ARGV[2] claim token, ARGV[3] delivery key prefix, ARGV[4] reply TTL ms
+-- Returns {ids, duplicates dropped, their records (false: missing or not a string), now ms}.
+-- An id held by another live claimant is a concurrent duplicate: dropped, never sent twice. An
+-- owner '__orphan__' (Java's recovery mark) is free to take. The same call again (a retry after
+-- a lost reply) returns the same claim instead of taking more.
+--@lib
+local bad = wrong(KEYS[1], 'list', KEYS[2], 'list', KEYS[3], 'zset', KEYS[4], 'hash')
+if bad then return wrongtype_reply(bad) end
+local now = now_ms()
+local function records(ids)
+  if #ids == 0 then return {} end
+  local names = {}
+  for i, id in ipairs(ids) do names[i] = ARGV[3] .. id end
+  return redis.call('MGET', unpack(names))
+end
+local done = redis.call('GET', KEYS[5])
+if done then
+  local ids = cmsgpack.unpack(done)
+  return {ids, 0, records(ids), now}
+end
+local listed = redis.call('LRANGE', KEYS[1], -tonumber(ARGV[1]), -1)
+if #listed == 0 then return {{}, 0, {}, now} end
+local owners = redis.call('HMGET', KEYS[4], unpack(listed))
+local take, seen, dups = {}, {}, 0
+for i = #listed, 1, -1 do
+  local id, owner = listed[i], owners[i]
+  local free = not seen[id] and (not owner or owner == ORPHAN)
+  if not free and not seen[id] and not redis.call('LPOS', KEYS[2], id) then
+    free = true -- the owner of an entry no longer listed is stale
+  end
+  if free then
+    take[#take + 1] = id
+    seen[id] = true
+  else
+    dups = dups + 1
+  end
+end
+if #take > 0 then
+  redis.call('LPUSH', KEYS[2], unpack(take))
+  local scored, owned = {}, {}
+  for _, id in ipairs(take) do
+    scored[#scored + 1] = now
+    scored[#scored + 1] = id
+    owned[#owned + 1] = id
+    owned[#owned + 1] = ARGV[2]
+  end
+  redis.call('ZADD', KEYS[3], unpack(scored))
+  redis.call('HSET', KEYS[4], unpack(owned))
+  redis.call('SET', KEYS[5], cmsgpack.pack(take), 'PX', ARGV[4])
+end
+-- only now that every taken id is claimed: remove the batch from pending
+redis.call('LTRIM', KEYS[1], 0, -#listed - 1)
+return {take, dups, records(take), now}
