@@ -8,7 +8,7 @@ import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from cycles_events import __version__, logs
+from cycles_events import BUILD_TIME, __version__, logs
 from cycles_events.config import Settings
 from cycles_events.connection import RedisState, redis_client
 from cycles_events.dispatch.pipeline import DispatchOptions, Pipeline
@@ -37,7 +37,7 @@ CLAIMER_STOP_S = 2.0
 class App:
     """The daemon: a management server, the dispatch pipeline and its supervised loops."""
 
-    def __init__(self, settings: Settings, *, build_time: str = "") -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics(tenant_tag=settings.metrics_tenant_tag_enabled)
         self.faults = Faults(self.metrics.errors.inc)
@@ -89,6 +89,7 @@ class App:
             interval_ms=settings.processing_recovery_interval_ms,
         )
         self.security = SecurityConfigRefresher(self.store, self.policy, self.metrics)
+        self.sampler = QueueSampler(self.store, self.metrics, self.clock)
         self.loops: dict[str, Callable[[], Awaitable[float]]] = {
             "claim-sweeper": self.sweeper.step,
             "retry-promoter": self.promoter.step,
@@ -101,7 +102,7 @@ class App:
                 delivery_ttl_days=settings.delivery_ttl_days,
                 clock=self.clock,
             ).step,
-            "queue-sampler": QueueSampler(self.store, self.metrics, self.clock).step,
+            "queue-sampler": self.sampler.step,
             "clock-sync": ClockSync(self.store, self.clock).step,
         }
         self.tasks: dict[str, asyncio.Task[None]] = {}
@@ -119,7 +120,7 @@ class App:
                 redis_error=lambda: self.redis_state.last_error,
                 dispatcher_details=self._details,
             ),
-            build_time=build_time,
+            build_time=BUILD_TIME,
         )
         self._stop = asyncio.Event()
         self._signals = 0

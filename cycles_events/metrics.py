@@ -94,7 +94,7 @@ class LoopHistogram(_LoopFamily):
     def observe(self, cell: list[float], value: float) -> None:
         """Count one observation in a cell."""
         cell[bisect.bisect_left(self.bounds, value)] += 1
-        cell[-2] += value
+        cell[-1] += value
 
     def collect(self) -> Iterator[Metric]:
         """The family as prometheus_client writes a Histogram."""

@@ -272,7 +272,7 @@ class Delivery(NamedTuple):
         if sub is None or event is None:
             raise RecordError("missing subscription_id or event_id")
         status = doc.get("status")
-        if status not in DELIVERY_STATUSES:
+        if not isinstance(status, str) or status not in DELIVERY_STATUSES:
             raise RecordError("status is not PENDING, RETRYING, SUCCESS or FAILED")
         instants: dict[str, int | None] = {}
         for name in _INSTANT_FIELDS:

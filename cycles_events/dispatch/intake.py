@@ -231,9 +231,11 @@ class Intake:
             return None
         stored = related.secrets.get(d.subscription_id)
         try:
-            if stored is None or not stored.strip():
+            if stored is None:
                 raise SecretError("no signing secret stored")
             secret = self._decrypt(d.subscription_id, stored)
+            if not secret.strip():
+                raise SecretError("the signing secret is blank")
         except SecretError as exc:
             age = now - (d.attempted_at_ms if d.attempted_at_ms is not None else now)
             hold_ctx = ctx._replace(message=str(exc))

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from cycles_events import logs
 from cycles_events.dispatch.claimer import Claimer
 from cycles_events.dispatch.counts import Counts
 from cycles_events.dispatch.gate import Gate
@@ -145,6 +146,9 @@ class Pipeline:
         deadline = loop.time() + grace_s
         while (busy := self.workers.tasks | self.tasks.running) and loop.time() < deadline:
             await asyncio.wait(busy, timeout=deadline - loop.time())
+        unfinished = self.workers.tasks | self.tasks.running
+        if unfinished:
+            logs.warning("drain_grace_expired", unfinished=len(unfinished))
         for task in self.workers.tasks:
             task.cancel()  # past the grace: these claims stay for the next instance to recover
         await self.tasks.drain(loop.time())

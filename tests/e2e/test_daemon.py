@@ -39,7 +39,7 @@ async def test_sigkill_with_deliveries_in_flight_loses_nothing(
     assert delivered == {d["event_id"] for d in docs}
     assert await redis.llen("dispatch:processing") == 0
     assert await redis.llen("dispatch:pending") == 0
-    assert daemon.actions("claim_recovered")
+    assert daemon.actions("claims_recovered")
 
 
 async def test_sigterm_drains_in_flight_and_exits_zero(

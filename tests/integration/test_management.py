@@ -51,7 +51,11 @@ async def run_mixed_deliveries(admin: Admin, receiver: Receiver, redis: Redis) -
     ok = await admin.subscription(receiver.url("/ok"))
     gone = await admin.subscription(receiver.url("/404"), retry_policy=FAST)
     broken = await admin.subscription(
-        receiver.url("/500"), retry_policy=FAST, tenant="globex", disable_after_failures=1
+        receiver.url("/500"),
+        retry_policy=FAST,
+        tenant="globex",
+        disable_after_failures=1,
+        consecutive_failures=1,
     )
     slow = await admin.subscription(receiver.url("/slow"), retry_policy=FAST)
     ids = {
@@ -126,7 +130,7 @@ async def test_tenant_tag_can_be_turned_off(
     start_app: StartApp, admin: Admin, receiver: Receiver, redis: Redis
 ) -> None:
     await admin.security()
-    sub = await admin.subscription(receiver.url(), tenant="")
+    sub = await admin.subscription(receiver.url(), tenant="__system__")
     ids = [await admin.deliver(sub, event_type="custom.thing", category="custom")]
     app = await start_app(CYCLES_METRICS_TENANT_TAG_ENABLED="false")
     await admin.wait_status(ids, {"SUCCESS"})

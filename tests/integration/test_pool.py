@@ -122,7 +122,7 @@ async def test_retention_trims_indexes_and_skips_sets(
     assert await redis.smembers("events:correlation:req_1") == {b"evt_old"}
     assert await redis.get("events:odd-string") == b"not a zset"
     # one instance per interval: a second instance finds the lock taken
-    assert await redis.pttl("cycles-events:retention:lock") > 3_000_000
+    assert await redis.pttl("maintenance:events-retention:lock") > 3_000_000
     await redis.zadd("deliveries:whsub_1", {"del_old2": now - 15 * day})
     await start_app(RETENTION_CLEANUP_INTERVAL_MS=3_600_000)
     await asyncio.sleep(0.5)

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from cycles_events.dispatch import intake
 from cycles_events.app import App
+from cycles_events.dispatch import intake
 from tests.integration.conftest import StartApp
 from tests.support import OPEN_SECURITY, Admin, Receiver, metric
 

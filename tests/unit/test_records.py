@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cycles_events import lifecycle
+from cycles_events import lifecycle, metaevents
 from cycles_events.lifecycle import SubscriptionChange, merge_subscription
 from cycles_events.models import Delivery, RecordError, dumps, payload_problems
 from cycles_events.signing import build_headers, custom_headers
@@ -79,10 +79,10 @@ def test_trace_copied_only_when_missing() -> None:
     )
 
 
-def test_subscription_merge_counts_and_disables() -> None:
-    sub = {"status": "ACTIVE", "consecutive_failures": 1, "disable_after_failures": 3, "x": [1]}
+def test_subscription_merge_counts_and_disables_when_the_count_exceeds_the_threshold() -> None:
+    sub = {"status": "ACTIVE", "consecutive_failures": 2, "disable_after_failures": 3, "x": [1]}
     r1 = merge_subscription(sub, SubscriptionChange(False, 1795335330000, "d1"))
-    assert not r1.disabled and sub["consecutive_failures"] == 2
+    assert not r1.disabled and sub["consecutive_failures"] == 3  # reaching it is not enough
     r2 = merge_subscription(sub, SubscriptionChange(False, 1795335331000, "d2"))
     assert r2.disabled and r2.previous_status == "ACTIVE" and sub["status"] == "DISABLED"
     assert sub["last_failure_at"] == sub["last_triggered_at"] == "2026-11-22T08:15:31Z"
@@ -93,25 +93,40 @@ def test_subscription_merge_counts_and_disables() -> None:
 
 
 def test_paused_subscription_can_be_disabled() -> None:
-    sub = {"status": "PAUSED", "consecutive_failures": 9}
+    sub = {"status": "PAUSED", "consecutive_failures": 10}
     assert merge_subscription(sub, SubscriptionChange(False, 0, "d")).previous_status == "PAUSED"
+
+
+def test_default_threshold_disables_on_the_eleventh_failure() -> None:
+    sub: dict[str, object] = {"status": "ACTIVE", "consecutive_failures": 0}
+    results = [merge_subscription(sub, SubscriptionChange(False, 0, "d")) for _ in range(11)]
+    assert [r.disabled for r in results] == [False] * 10 + [True]
 
 
 def test_meta_events_shape() -> None:
     d = parsed(trace_id="a" * 32)
     sub = {"tenant_id": "acme", "subscription_id": d.subscription_id}
-    disabled = lifecycle.disabled_event(sub, d, {"request_id": "req_1"}, "ACTIVE", 1795335330000)
+    task = metaevents.disabled_task(sub, d, {"request_id": "req_1"}, "ACTIVE", 1795335330000)
+    assert task.task_id == f"webhook-disabled:{d.subscription_id}:{d.delivery_id}"
+    staged = json.loads(task.json)
+    assert list(staged) == ["task_id", "created_at", "event"]
+    assert staged["created_at"] == "2026-11-22T08:15:30Z" and task.created_ms == 1795335330000
+    disabled = staged["event"]
+    assert disabled["event_id"] == metaevents.event_id_for(task.task_id)
     assert disabled["event_type"] == "webhook.disabled" and disabled["category"] == "webhook"
     assert disabled["tenant_id"] == "acme" and disabled["actor"] == {"type": "system"}
     assert disabled["data"]["changed_fields"] == []
     assert disabled["data"]["disable_reason"] == "consecutive_failures_exceeded_threshold"
     assert disabled["correlation_id"] == f"webhook_auto_disable:{d.subscription_id}:{d.delivery_id}"
     assert disabled["trace_id"] == "a" * 32 and disabled["request_id"] == "req_1"
-    again = lifecycle.disabled_event(sub, d, None, "ACTIVE", 1795335339999)
-    assert again["event_id"] == disabled["event_id"]  # deterministic: a retried save is idempotent
-    failed = lifecycle.delivery_failed_event(
+    again = json.loads(metaevents.disabled_task(sub, d, None, "ACTIVE", 1795335339999).json)
+    assert again["event"]["event_id"] == disabled["event_id"]  # the same failure: one event
+    failed_task = metaevents.failed_task(
         sub, d, None, attempts=6, status=503, error="HTTP 503", now_ms=1795335330000
     )
+    assert failed_task.task_id == f"delivery-failed:{d.subscription_id}:{d.delivery_id}"
+    failed = json.loads(failed_task.json)["event"]
+    assert failed["event_id"] == metaevents.event_id_for(failed_task.task_id)
     assert failed["tenant_id"] == "__system__" and failed["source"] == "cycles-events"
     details = failed["data"]["details"]
     assert details["attempts"] == 6 and details["last_response_status"] == 503
@@ -128,6 +143,7 @@ def test_payload_problems() -> None:
         "tenant_id": "a",
         "source": "s",
         "trace_id": "a" * 32,
+        "data": {"ledger_id": "led_1", "operation": "DEBIT"},
     }
     assert payload_problems(good) == []
     assert payload_problems({**good, "category": "tenant"}) == ["category_mismatch"]
@@ -139,6 +155,22 @@ def test_payload_problems() -> None:
     ]
     assert payload_problems({**good, "trace_id": "XYZ"}) == ["trace_id_shape"]
     assert "missing_required" in payload_problems({"event_type": "budget.exhausted"})
+    # revision 2: the shape of budget events' data
+    assert payload_problems({**good, "data": {"operation": "DEBIT"}}) == ["budget_data_shape"]
+    assert payload_problems({**good, "data": None}) == ["budget_data_shape"]
+    for operation in ("CREDIT", "RESET_SPENT", "STATUS_CHANGE", "CREATE", "UPDATE"):
+        assert payload_problems({**good, "data": {"ledger_id": "l", "operation": operation}}) == []
+    for operation in ("debit", "REFUND", 5, ["DEBIT"]):
+        bad = {**good, "data": {"ledger_id": "l", "operation": operation}}
+        assert payload_problems(bad) == ["budget_data_shape"]
+    reset = {**good, "event_type": "budget.reset_spent"}
+    ok = {"ledger_id": "l", "spent_override_provided": True}
+    assert payload_problems({**reset, "data": ok}) == []
+    assert payload_problems({**reset, "data": {"ledger_id": "l"}}) == []
+    bad_flag = {"ledger_id": "l", "spent_override_provided": "yes"}
+    assert payload_problems({**reset, "data": bad_flag}) == ["reset_spent_shape"]
+    tenant_event = {**good, "event_type": "tenant.created", "category": "tenant", "data": {}}
+    assert payload_problems(tenant_event) == []
 
 
 def test_custom_headers_never_replace_ours() -> None:
@@ -183,7 +215,7 @@ def test_headers_use_event_trace_and_delivery_flags() -> None:
 
 
 def test_redis_state_debounces_isolated_failures() -> None:
-    from cycles_events.store import RedisState
+    from cycles_events.connection import RedisState
 
     now = [100.0]
     state = RedisState(clock=lambda: now[0])
@@ -195,6 +227,6 @@ def test_redis_state_debounces_isolated_failures() -> None:
     assert state.up
     now[0] += 0.6
     state.failed(ConnectionError())  # no success for over a second: an outage
-    assert not state.up and state.last_error == "ConnectionError"
+    assert not state.up and state.last_error == "ConnectionError"  # described: the class name
     state.ok()
     assert state.up
