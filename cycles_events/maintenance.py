@@ -19,7 +19,7 @@ from cycles_events.store import Store
 from cycles_events.supervise import Faults, ServerClock
 
 OUTAGE_BACKOFF_S = (0.1, 1.0)
-ERROR_BACKOFF_S = (1.0, 30.0)
+ERROR_BACKOFF_S = (0.5, 5.0)
 RECOVERY_STEP = 1000
 RECOVERY_STEPS_PER_PASS = 100
 
