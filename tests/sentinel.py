@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import shutil
 import socket
@@ -62,13 +63,6 @@ def _flags(state: dict[str, str]) -> set[str]:
     return set(filter(None, state.get("flags", "").split(",")))
 
 
-def _exe() -> str:
-    """The redis-server executable (sentinels run as `redis-server conf --sentinel`)."""
-    if (exe := shutil.which("redis-server")) is None:
-        raise HarnessError("redis-server is not installed (make test installs it)")
-    return exe
-
-
 @dataclass
 class Node:
     """One redis-server or sentinel process with its own port, directory, config and log."""
@@ -81,10 +75,6 @@ class Node:
 
     def __post_init__(self) -> None:
         self.conf, self.log = self.dir / "node.conf", self.dir / "node.log"
-
-    @property
-    def address(self) -> str:
-        return f"{HOST}:{self.port}"
 
     def alive(self) -> bool:
         """Whether the process is running."""
@@ -103,7 +93,8 @@ class Node:
 
     def launch(self, extra: list[str], timeout: float = 10.0) -> None:
         """Start the process on its config file and wait until it answers PING."""
-        argv = [_exe(), str(self.conf), *extra]
+        # sentinels run as `redis-server conf --sentinel`; FileNotFoundError if it is not installed
+        argv = [shutil.which("redis-server") or "redis-server", str(self.conf), *extra]
         with self.log.open("ab") as out:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=self.dir)
         deadline = time.monotonic() + timeout
@@ -165,6 +156,7 @@ class SentinelSet:
 
     def start(self, timeout: float = 20.0) -> SentinelSet:
         """Start everything and wait until a failover could succeed; clean up on failure."""
+        atexit.register(self.cleanup)  # no orphans if the caller never gets to cleanup()
         try:
             primary, replica = self.servers
             self._launch(self.servers, self._server_conf, [])
@@ -179,6 +171,7 @@ class SentinelSet:
 
     def cleanup(self) -> None:
         """Stop every process and remove the temporary directories."""
+        atexit.unregister(self.cleanup)
         for node in (*self.sentinels, *self.servers):
             node.kill()
         shutil.rmtree(self.root, ignore_errors=True)
@@ -249,7 +242,7 @@ class SentinelSet:
     @property
     def nodes(self) -> str:
         """The sentinels as `host:port,host:port,...` (a REDIS_SENTINEL_NODES value)."""
-        return ",".join(s.address for s in self.sentinels)
+        return ",".join(f"{HOST}:{s.port}" for s in self.sentinels)
 
     def async_sentinel(self, **connection_kwargs: Any) -> AsyncSentinel:
         """A redis.asyncio Sentinel client with this set's passwords."""
@@ -336,7 +329,7 @@ class SentinelSet:
     def log_tails(self, lines: int = 15) -> str:
         """The end of every process log, for a failing test to print."""
         nodes = (*self.servers, *self.sentinels)
-        return "\n".join(f"--- {n.name} ({n.address}) ---\n{n.tail(lines)}" for n in nodes)
+        return "\n".join(f"--- {n.name} (port {n.port}) ---\n{n.tail(lines)}" for n in nodes)
 
     def kill_primary(self, *, graceful: bool = False) -> int:
         """SIGKILL (or SIGTERM) the current primary; returns its port."""

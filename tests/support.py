@@ -349,16 +349,11 @@ def metric(app: App, name: str, **labels: str) -> float:
 async def wait_until(
     probe: Callable[[], Awaitable[Any]], expected: Any = True, timeout: float = 20.0
 ) -> Any:
-    """Poll `probe` until it returns `expected` (or, for numbers, at least `expected`)."""
+    """Poll `probe` until it returns `expected`."""
     deadline = time.monotonic() + timeout
     while True:
         value = await probe()
-        if value == expected or (
-            isinstance(expected, int | float)
-            and not isinstance(expected, bool)
-            and isinstance(value, int | float)
-            and value >= expected
-        ):
+        if value == expected:
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"still {value!r} after {timeout}s, expected {expected!r}")

@@ -96,8 +96,10 @@ async def test_passwords_manual_failover_and_restart(secured: SentinelSet) -> No
         old = secured.primary_port()
         new = await secured.afailover(timeout=15)
         assert new != old
+        await _write_after_demotion(master, "harness:other", "x")  # now on the new primary
+        assert await master.connection_pool.get_master_address() == (HOST, new)  # type: ignore[attr-defined]
         assert await master.get("harness:key") == b"v1"
-        await _write_after_demotion(master, "harness:key", "v2")
+        await master.set("harness:key", "v2")
 
         await asyncio.to_thread(secured.wait_ready, 15)  # failover() demoted the old primary
         previous = Redis(host=HOST, port=old, password=PASSWORD)
