@@ -163,6 +163,7 @@ class App:
             concurrency=self.settings.concurrency,
             per_subscription=self.settings.max_in_flight_per_subscription,
         )
+        self._warn_about_settings()
         await self._first_reads()
         for name, step in self.loops.items():
             self._start(name, forever(name, step, self.faults))
@@ -171,6 +172,20 @@ class App:
         await self._shutdown()
         logs.info("stopped", exit_code=code)
         return code
+
+    def _warn_about_settings(self) -> None:
+        if self.settings.encryption_key is None:
+            logs.warning(
+                "encryption_key_not_set",
+                detail="WEBHOOK_SECRET_ENCRYPTION_KEY is empty: only plaintext signing secrets "
+                "can be used; an enc: secret holds its deliveries, never an unsigned send",
+            )
+        if self.settings.evidence_server_id.strip():
+            logs.warning(
+                "evidence_signing_not_supported",
+                detail="EVIDENCE_SERVER_ID is set, but evidence signing is a feature of the Java "
+                "service: keep it on a Java instance",
+            )
 
     async def _first_reads(self) -> None:
         """Redis's clock and the URL policy before the first claim, when Redis answers."""

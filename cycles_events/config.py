@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
+import os
+import re
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -15,6 +19,9 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9-]{1,63})*")
+_DOTTED_NUMBERS = re.compile(r"[0-9.]+")
 
 
 def _names(*names: str) -> AliasChoices:
@@ -136,6 +143,34 @@ class Settings(BaseSettings):
             decode_encryption_key(value.get_secret_value())
         return value
 
+    @field_validator("redis_url")
+    @classmethod
+    def _check_url(cls, value: SecretStr) -> SecretStr:
+        url = value.get_secret_value().strip()
+        if url:
+            parts = urlsplit(url)
+            if parts.scheme not in ("redis", "rediss", "unix"):
+                raise ValueError("must start with redis://, rediss:// or unix://")
+            try:
+                parts.port  # noqa: B018 - a port that is not a number raises here
+            except ValueError:
+                raise ValueError("has a port that is not a number") from None
+            if parts.scheme != "unix" and not parts.hostname:
+                raise ValueError("names no host")
+        return value
+
+    @field_validator("management_address")
+    @classmethod
+    def _check_address(cls, value: str) -> str:
+        address = value.strip()
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            # a name, not something that only looks like an IPv4 address (999.1.1.1)
+            if not _HOSTNAME.fullmatch(address) or _DOTTED_NUMBERS.fullmatch(address):
+                raise ValueError("is not an IP address or a host name") from None
+        return address
+
     @field_validator("redis_sentinel_nodes")
     @classmethod
     def _check_nodes(cls, value: str) -> str:
@@ -167,7 +202,8 @@ class Settings(BaseSettings):
         try:
             return cls(**overrides)
         except ValidationError as exc:
-            raise ConfigError(describe_validation_error(exc)) from None
+            given = {n.lower() for n in (*os.environ, *overrides)}
+            raise ConfigError(describe_validation_error(exc, given)) from None
 
     @property
     def encryption_key(self) -> bytes | None:
@@ -206,16 +242,33 @@ def sentinel_nodes(value: str) -> list[tuple[str, int]]:
     return nodes
 
 
-def _setting_name(field: str) -> str:
+def _field_of(name: str) -> str:
+    """The field a setting's name (any of its aliases) belongs to."""
+    for field, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        if field == name or (
+            isinstance(alias, AliasChoices)
+            and any(isinstance(c, str) and c.lower() == name.lower() for c in alias.choices)
+        ):
+            return field
+    return name
+
+
+def _setting_name(field: str, given: set[str]) -> str:
+    """The name the operator used for a setting (its first name when none was given)."""
     alias = Settings.model_fields[field].validation_alias
-    if isinstance(alias, AliasChoices):
-        first = alias.choices[0]
-        return first if isinstance(first, str) else field
-    return field.upper()
+    if not isinstance(alias, AliasChoices):
+        return field.upper()
+    names = [c for c in alias.choices if isinstance(c, str)]
+    for name in names:
+        if name.lower() in given:
+            return name
+    return names[0] if names else field
 
 
-def describe_validation_error(exc: ValidationError) -> str:
+def describe_validation_error(exc: ValidationError, given: set[str] | None = None) -> str:
     """Turn a pydantic error into 'invalid setting NAME: reason' without echoing the value."""
+    given = {n.lower() for n in os.environ} if given is None else given
     parts = []
     for err in exc.errors(include_input=False, include_url=False):
         message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
@@ -223,7 +276,7 @@ def describe_validation_error(exc: ValidationError) -> str:
         if not loc:  # a rule across settings: its message starts with the setting's name
             parts.append(f"invalid setting {message}")
             continue
-        field = str(loc[0])
-        name = _setting_name(field) if field in Settings.model_fields else field
+        field = _field_of(str(loc[0]))
+        name = _setting_name(field, given) if field in Settings.model_fields else str(loc[0])
         parts.append(f"invalid setting {name}: {message}")
     return "; ".join(parts)

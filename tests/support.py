@@ -43,9 +43,16 @@ def free_port() -> int:
 class RedisServer:
     """A throwaway redis-server on a free port in a temporary directory."""
 
-    def __init__(self, *, persistent: bool = False, password: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        persistent: bool = False,
+        password: str | None = None,
+        extra_args: list[str] | None = None,
+    ) -> None:
         self.persistent = persistent
         self.password = password
+        self.extra_args = extra_args or []
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="cycles-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -77,6 +84,7 @@ class RedisServer:
                     else ["--appendonly", "no"]
                 ),
                 *(["--requirepass", self.password] if self.password else []),
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

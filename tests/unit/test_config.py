@@ -83,3 +83,85 @@ def test_password_never_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REDIS_PASSWORD", "hunter2-canary")
     s = Settings.from_env()
     assert "hunter2-canary" not in repr(s) and "hunter2-canary" not in str(s)
+
+
+def test_revision_2_redis_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = Settings.from_env()
+    assert (s.redis_username, s.redis_tls_enabled, s.redis_tls_ca_file) == ("", False, "")
+    assert (s.redis_connect_timeout_ms, s.redis_socket_timeout_ms) == (2000, 5000)
+    assert s.redis_blocking_socket_timeout_ms == 10_000
+    assert s.processing_recovery_interval_ms == 30_000
+    assert s.webhook_secret_allow_plaintext is None and s.sentinels == []
+    for name, value in {
+        "REDIS_USERNAME": "cycles",
+        "REDIS_TLS_ENABLED": "true",
+        "REDIS_TLS_CA_FILE": "/etc/ssl/private-ca.pem",
+        "REDIS_CONNECT_TIMEOUT_MS": "1500",
+        "REDIS_SOCKET_TIMEOUT_MS": "4000",
+        "REDIS_BLOCKING_SOCKET_TIMEOUT_MS": "9000",
+        "REDIS_SENTINEL_MASTER": "mymaster",
+        "REDIS_SENTINEL_NODES": "s1:26379, [::1]:26380,s3",
+    }.items():
+        monkeypatch.setenv(name, value)
+    s = Settings.from_env()
+    assert s.redis_username == "cycles" and s.tls_redis
+    assert (s.redis_connect_timeout_ms, s.redis_socket_timeout_ms) == (1500, 4000)
+    assert s.sentinels == [("s1", 26379), ("::1", 26380), ("s3", 26379)]
+
+
+def test_java_only_names_are_accepted_and_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (
+        "DISPATCH_ORDERING_LEASE_MS",
+        "DISPATCH_LOOP_DELAY_MS",
+        "SCHEDULING_POOL_SIZE",
+        "JAVA_OPTS",
+        "EVIDENCE_SIGNING_KEY",
+    ):
+        monkeypatch.setenv(name, "whatever value -Xmx512m")
+    monkeypatch.setenv("EVIDENCE_SERVER_ID", "evidence-1")
+    assert Settings.from_env().evidence_server_id == "evidence-1"  # read only to warn
+
+
+def test_strict_plaintext_mode_needs_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WEBHOOK_SECRET_ALLOW_PLAINTEXT", "false")
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env()
+    assert str(info.value).startswith("invalid setting WEBHOOK_SECRET_ENCRYPTION_KEY: is required")
+    monkeypatch.setenv(
+        "WEBHOOK_SECRET_ENCRYPTION_KEY", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+    )
+    assert Settings.from_env().encryption_key == bytes(range(32))
+    monkeypatch.setenv("WEBHOOK_SECRET_ALLOW_PLAINTEXT", "true")
+    monkeypatch.delenv("WEBHOOK_SECRET_ENCRYPTION_KEY")
+    assert Settings.from_env().encryption_key is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "fragment"),
+    [
+        ("REDIS_URL", "garbage", "invalid setting REDIS_URL: must start with"),
+        ("REDIS_URL", "redis://host:notaport/0", "invalid setting REDIS_URL: has a port"),
+        ("MANAGEMENT_ADDRESS", "999.1.1.1", "invalid setting MANAGEMENT_ADDRESS"),
+        ("MANAGEMENT_ADDRESS", "not a host", "invalid setting MANAGEMENT_ADDRESS"),
+        ("REDIS_SENTINEL_NODES", "a:b:c:d", "invalid setting REDIS_SENTINEL_NODES"),
+        ("REDIS_SENTINEL_MASTER", "mymaster", "invalid setting REDIS_SENTINEL_NODES"),
+        # the name the operator used, not the dotted alias
+        ("DISPATCH_HTTP_TIMEOUT_SECONDS", "-1", "invalid setting DISPATCH_HTTP_TIMEOUT_SECONDS:"),
+        ("dispatch.http.timeout-seconds", "-1", "invalid setting dispatch.http.timeout-seconds:"),
+    ],
+)
+def test_more_invalid_values_name_the_setting(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, fragment: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env()
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+    if name == "REDIS_URL":
+        assert value not in str(info.value)
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "::", "127.0.0.1", "localhost", "mgmt.internal"])
+def test_management_addresses_accepted(monkeypatch: pytest.MonkeyPatch, address: str) -> None:
+    monkeypatch.setenv("MANAGEMENT_ADDRESS", address)
+    assert Settings.from_env().management_address == address
