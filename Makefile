@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup tools lint test test-fast bench demo clean
+.PHONY: setup tools lint test test-fast chaos bench demo clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python >= 3.11)"; exit 1; }
@@ -27,6 +27,9 @@ test: setup lint
 
 test-fast: setup
 	$(BIN)/pytest -q -x tests/unit tests/integration
+
+chaos: setup
+	$(BIN)/pytest -q -p no:cacheprovider -m chaos -s tests/e2e/test_chaos.py
 
 bench: setup
 	$(BIN)/python -m benchmarks.dispatch
