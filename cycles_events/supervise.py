@@ -22,11 +22,13 @@ class Faults:
         count: Callable[[], None] = lambda: None,
         *,
         clock: Callable[[], float] = time.monotonic,
-        persistent_after_s: float = PERSISTENT_AFTER_S,
+        persistent_after_s: float | None = None,
     ) -> None:
         self._count = count
         self._clock = clock
-        self._persistent_after_s = persistent_after_s
+        self._persistent_after_s = (
+            PERSISTENT_AFTER_S if persistent_after_s is None else persistent_after_s
+        )
         self._since: dict[str, float] = {}  # component -> first failure since its last success
 
     def failed(self, component: str, exc: BaseException, **ids: Any) -> None:

@@ -8,13 +8,14 @@ import time
 from typing import Any
 
 import aiohttp
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from cycles_events import __version__
 from cycles_events.app import App
 from tests.integration.conftest import StartApp
-from tests.support import Admin, Receiver, RedisServer, hang, now_ms, status
+from tests.support import Admin, Receiver, RedisServer, hang, metric, now_ms, status
 
 FAST = {"max_retries": 1, "initial_delay_ms": 100, "backoff_multiplier": 1.0, "max_delay_ms": 1000}
 
@@ -245,3 +246,32 @@ async def test_healthcheck_command(start_app: StartApp) -> None:
     await asyncio.sleep(0.1)
     proc = await asyncio.create_subprocess_exec(*cmd, stderr=asyncio.subprocess.DEVNULL)
     assert await proc.wait() == 1
+
+
+async def test_a_persistent_fault_turns_readiness_down_and_back_up(
+    start_app: StartApp,
+    admin: Admin,
+    receiver: Receiver,
+    redis: Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cycles_events import supervise
+
+    monkeypatch.setattr(supervise, "PERSISTENT_AFTER_S", 1.0)
+    await admin.security()
+    sub = await admin.subscription(receiver.url())
+    app = await start_app()
+    assert (await get(app, "/actuator/health/readiness"))[0] == 200
+    await redis.set("dispatch:processing", "an operator's mistake")  # nothing can be claimed
+    for _ in range(100):
+        code, body = await get(app, "/actuator/health/readiness")
+        if "failing" in body["components"]["dispatcher"]["details"]:
+            break
+        await asyncio.sleep(0.1)
+    assert code == 503 and body["components"]["dispatcher"]["details"]["failing"] == ["claim"]
+    assert (await get(app, "/actuator/health/liveness"))[0] == 200  # alive: nothing died
+    await redis.delete("dispatch:processing")
+    delivery_id = await admin.deliver(sub)
+    await admin.wait_status([delivery_id], {"SUCCESS"})
+    assert (await get(app, "/actuator/health/readiness"))[0] == 200
+    assert metric(app, "cycles_webhook_dispatch_errors_total") >= 1
