@@ -19,18 +19,43 @@ def cmd_stats(args: argparse.Namespace) -> int:
     from cycles_events.opsutil import format_age
 
     async def run(redis: Redis, settings: Settings) -> int:
-        st = await ops.stats(redis, ops.now_ms())
+        idle_ms = settings.processing_recovery_idle_ms
+        st = await ops.stats(redis, ops.now_ms(), idle_ms)
         lines = [
             f"pending      {st.pending:>8}   oldest {format_age(st.oldest_pending_age_s)}",
             f"retry        {st.retry:>8}   due now {st.retry_due}, "
             f"due in the next minute {st.retry_due_next_minute}",
-            f"processing   {st.processing:>8}",
-            f"quarantine   {st.quarantine:>8}   ({keys.FAILED})",
+            f"processing   {st.processing:>8}   claims by owner "
+            f"(idle = claimed over {idle_ms // 1000}s ago: due for recovery):",
         ]
+        for kind, label in CLAIM_LABELS.items():
+            g = st.claims[kind]
+            if g.count or kind in ("ours", "java"):
+                lines.append(
+                    f"  {label:<26} {g.count:>6}   oldest {format_age(g.oldest_age_s)}, "
+                    f"idle {g.idle}"
+                )
+        lines.append(f"quarantine   {st.quarantine:>8}   ({keys.FAILED})")
+        if st.outbox is not None:
+            o = st.outbox
+            lines.append(
+                f"outbox       {o.pending:>8}   due now {o.due}, oldest "
+                f"{format_age(o.oldest_age_s)}, dead letters {o.dead_letters} "
+                f"({keys.OUTBOX_PENDING})"
+            )
         emit(args, st.as_json(), "\n".join(lines))
         return EXIT_OK
 
     return with_redis(run)
+
+
+CLAIM_LABELS = {
+    "ours": "cycles-events",
+    "java": "Java service",
+    "orphan": "__orphan__ (Java's mark)",
+    "unowned": "no owner yet",
+    "other": "other owner",
+}
 
 
 def _show_text(report: dict[str, Any]) -> str:

@@ -187,3 +187,47 @@ async def test_quarantine_and_enable_through_the_cli(
     assert await redis.llen("dispatch:failed") == 0
     assert enable.code == 0 and f"{sub}: DISABLED -> ACTIVE" in enable.out
     assert json.loads(await redis.get(f"webhook:{sub}"))["status"] == "ACTIVE"
+
+
+async def test_stats_shows_claims_by_owner_and_the_outbox(
+    redis: Redis, redis_server: RedisServer
+) -> None:
+    seconds, _ = await redis.time()
+    now = int(seconds) * 1000
+    claims = {
+        "del_00000000000000b1": ("0123456789abcdef:7", now - 2_000),  # ours, live
+        "del_00000000000000b2": ("7c9e6679-7425-40de-944b-e07fc1f90ae7", now - 400_000),  # Java
+        "del_00000000000000b3": ("__orphan__", now - 1_000),  # dated by Java's recovery
+    }
+    for delivery_id, (owner, at) in claims.items():
+        await redis.lpush("dispatch:processing", delivery_id)
+        await redis.hset("dispatch:processing:claim_owner", delivery_id, owner)
+        await redis.zadd("dispatch:processing:claimed_at", {delivery_id: at})
+    await redis.lpush("dispatch:processing", "del_00000000000000b4")  # a BLMOVE that died
+    await redis.zadd(
+        "dispatcher:event-outbox:pending", {"delivery-failed:whsub_1:del_1": now - 5000}
+    )
+    await redis.lpush("dispatcher:event-outbox:failed", '{"task_id":"x","payload":"{}"}')
+    text, js = await asyncio.gather(
+        cli(redis_server.url, "stats"), cli(redis_server.url, "stats", "--json")
+    )
+    assert text.code == js.code == 0, text.err + js.err
+    data = json.loads(js.out)
+    assert {k: v["count"] for k, v in data["claims"].items()} == {
+        "ours": 1,
+        "java": 1,
+        "orphan": 1,
+        "unowned": 1,
+        "other": 0,
+    }
+    assert data["claims"]["java"]["idle"] == 1 and data["claims"]["ours"]["idle"] == 0
+    assert 399 < data["claims"]["java"]["oldest_age_s"] < 420
+    assert data["outbox"] == {
+        "pending": 1,
+        "due": 1,
+        "oldest_age_s": data["outbox"]["oldest_age_s"],
+        "dead_letters": 1,
+    }
+    assert 4 < data["outbox"]["oldest_age_s"] < 30
+    assert "Java service" in text.out and "__orphan__" in text.out and "no owner yet" in text.out
+    assert "outbox" in text.out and "dead letters 1" in text.out
