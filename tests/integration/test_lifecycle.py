@@ -90,7 +90,7 @@ async def test_retries_then_fails_then_auto_disables_with_events(
     # revision 2: disabled when the count exceeds the threshold (3 > 2), not when it reaches it
     assert sub_doc["status"] == "DISABLED" and sub_doc["consecutive_failures"] == 3
     assert sub_doc["metadata"] == {"owner": "ops"} and "last_failure_at" in sub_doc
-    await wait_until(lambda: redis.zcard("events:_all"), 2)  # the outbox publishes both
+    await wait_until(lambda: redis.zcard("events:_all"), 3)  # its event and both meta-events
     all_events = [e.decode() for e in await redis.zrange("events:_all", 0, -1)]
     saved = [json.loads(await redis.get(f"event:{e}")) for e in all_events]
     types = {e["event_type"]: e for e in saved}
