@@ -47,7 +47,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- end -}}
 
-{{/* Secret holding WEBHOOK_SECRET_ENCRYPTION_KEY, REDIS_PASSWORD and REDIS_URL. */}}
+{{/*
+Secret holding WEBHOOK_SECRET_ENCRYPTION_KEY, REDIS_PASSWORD, REDIS_URL and, with
+Sentinel, REDIS_SENTINEL_PASSWORD.
+*/}}
 {{- define "cycles-events.secretName" -}}
 {{- default (include "cycles-events.fullname" .) .Values.existingSecret.name -}}
 {{- end -}}
@@ -63,6 +66,18 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "cycles-events.secretKey.redisUrl" -}}
 {{- if .Values.existingSecret.name -}}{{ .Values.existingSecret.redisUrlKey }}{{- else -}}REDIS_URL{{- end -}}
 {{- end -}}
+
+{{- define "cycles-events.secretKey.redisSentinelPassword" -}}
+{{- if .Values.existingSecret.name -}}{{ .Values.existingSecret.redisSentinelPasswordKey }}{{- else -}}REDIS_SENTINEL_PASSWORD{{- end -}}
+{{- end -}}
+
+{{/* "true" when Redis is reached through Sentinel (master and nodes set), else empty. */}}
+{{- define "cycles-events.sentinel" -}}
+{{- if and .Values.redis.sentinel.master .Values.redis.sentinel.nodes -}}true{{- end -}}
+{{- end -}}
+
+{{/* Where the private CA of redis.tls is mounted; REDIS_TLS_CA_FILE names the file. */}}
+{{- define "cycles-events.redisCaDir" -}}/etc/cycles-events/redis-ca{{- end -}}
 
 {{- define "cycles-events.image" -}}
 {{- if .Values.image.digest -}}
@@ -89,5 +104,28 @@ render runs them.
 {{- end -}}
 {{- if eq (int .Values.management.port) (int .Values.trafficPort) -}}
 {{- fail "management.port and trafficPort must differ" -}}
+{{- end -}}
+{{- $sentinel := .Values.redis.sentinel -}}
+{{- if and $sentinel.master (not $sentinel.nodes) -}}
+{{- fail "redis.sentinel.master is set but redis.sentinel.nodes is empty: Sentinel needs both (or neither)" -}}
+{{- end -}}
+{{- if and $sentinel.nodes (not $sentinel.master) -}}
+{{- fail "redis.sentinel.nodes is set but redis.sentinel.master is empty: Sentinel needs both (or neither)" -}}
+{{- end -}}
+{{- if and $sentinel.password (not $sentinel.master) -}}
+{{- fail "redis.sentinel.password is set but Sentinel is not (redis.sentinel.master and redis.sentinel.nodes)" -}}
+{{- end -}}
+{{- if and $sentinel.master .Values.redis.url -}}
+{{- fail "redis.url and redis.sentinel are exclusive: with Sentinel the daemon ignores REDIS_URL (give the password as redis.password)" -}}
+{{- end -}}
+{{- $tls := .Values.redis.tls -}}
+{{- if and $tls.caSecret.name $tls.caConfigMap.name -}}
+{{- fail "redis.tls: set caSecret.name or caConfigMap.name, not both" -}}
+{{- end -}}
+{{- if and (or $tls.caSecret.name $tls.caConfigMap.name) (not $tls.enabled) -}}
+{{- fail "redis.tls.caSecret / redis.tls.caConfigMap need redis.tls.enabled: true" -}}
+{{- end -}}
+{{- if and (kindIs "bool" .Values.config.webhookSecretAllowPlaintext) (not .Values.config.webhookSecretAllowPlaintext) (not .Values.webhookSecretEncryptionKey) (not .Values.existingSecret.name) -}}
+{{- fail "config.webhookSecretAllowPlaintext is false but webhookSecretEncryptionKey is empty: the daemon would refuse to start" -}}
 {{- end -}}
 {{- end -}}
