@@ -11,7 +11,7 @@ from cycles_events.connection import UNAVAILABLE
 from cycles_events.dispatch.counts import Counts
 from cycles_events.dispatch.outcomes import Outcome, Step
 from cycles_events.dispatch.report import Report, ids
-from cycles_events.lifecycle import MergeResult, SubscriptionChange, merge_subscription
+from cycles_events.lifecycle import NO_EFFECT, MergeResult, SubscriptionChange, merge_subscription
 from cycles_events.metaevents import Task, disabled_task, failed_task
 from cycles_events.models import JsonObject, RecordError, dumps, loads_object
 from cycles_events.store import Reply, Store, Write
@@ -172,6 +172,16 @@ class Recorder:
                 continue
             sub_id = ctx.delivery.subscription_id
             before = chains.get(sub_id)
+            if (
+                before is not None
+                and before.doc is not None
+                and o.step is Step.SUCCESS
+                and before.pending.outcome.step is Step.SUCCESS
+            ):  # a success after a success, merged at the same instant: the same document
+                write = base._replace(subscription_id=sub_id, expected="^", new="=")
+                out.append(_Built(p, write, before.doc, before.new, NO_EFFECT))
+                chains[sub_id] = out[-1]
+                continue
             doc: JsonObject | None = None
             if p.without_subscription:
                 pass

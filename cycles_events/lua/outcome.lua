@@ -39,7 +39,7 @@ local current, last, dirty = {}, {}, {}
 local out, released, quarantined = {}, {}, false
 
 local function problem(it)
-  if it.record ~= '' and not is(dprefix .. it.id, 'string') then return dprefix .. it.id end
+  -- (a delivery record needs no check: SET cannot fail on a key of another type)
   if it.retry ~= '' and not is(KEYS[5], 'zset') then return KEYS[5] end
   if it.push ~= '' and not is(KEYS[1], 'list') then return KEYS[1] end
   if it.quarantine ~= '' and not is(KEYS[6], 'list') then return KEYS[6] end
