@@ -336,6 +336,20 @@ def status(code: int, headers: dict[str, str] | None = None) -> Behaviour:
     return respond
 
 
+def fail_first(code: int = 503) -> Behaviour:
+    """The first request of each event gets `code`, the next ones a 200."""
+    seen: set[str] = set()
+
+    async def respond(request: web.Request) -> web.StreamResponse:
+        event_id = request.headers["X-Cycles-Event-Id"]
+        if event_id in seen:
+            return web.Response(status=200)
+        seen.add(event_id)
+        return web.Response(status=code)
+
+    return respond
+
+
 def hang(seconds: float) -> Behaviour:
     async def respond(request: web.Request) -> web.StreamResponse:
         await asyncio.sleep(seconds)

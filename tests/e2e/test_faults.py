@@ -8,29 +8,14 @@ import json
 from collections.abc import Callable
 
 import pytest
-from aiohttp import web
 from redis.asyncio import Redis
 
 from tests.e2e.conftest import Daemon
-from tests.support import Admin, Receiver, hang, wait_until
+from tests.support import Admin, Receiver, fail_first, hang, wait_until
 
 pytestmark = pytest.mark.e2e
 
 FAST = {"max_retries": 3, "initial_delay_ms": 100, "backoff_multiplier": 1.0, "max_delay_ms": 1000}
-
-
-def fail_first(receiver: Receiver, path: str) -> None:
-    """The first request of each event gets a 503, the next ones a 200."""
-    seen: set[str] = set()
-
-    async def respond(request: web.Request) -> web.StreamResponse:
-        event_id = request.headers["X-Cycles-Event-Id"]
-        if event_id in seen:
-            return web.Response(status=200)
-        seen.add(event_id)
-        return web.Response(status=503)
-
-    receiver.behaviours[path] = respond
 
 
 def sends(receiver: Receiver, event_id: str) -> int:
@@ -42,7 +27,7 @@ async def test_a_wrong_typed_retry_zset_loses_nothing_and_kills_nothing(
 ) -> None:
     """Defect 1: with dispatch:retry of the wrong type for 3 s, every retry still lands."""
     await admin.security()
-    fail_first(receiver, "/flaky")
+    receiver.behaviours["/flaky"] = fail_first()
     subs = [await admin.subscription(receiver.url("/flaky"), retry_policy=FAST) for _ in range(4)]
     daemon = daemon_factory()
     daemon.start()

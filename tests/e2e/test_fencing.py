@@ -16,7 +16,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from tests.e2e.conftest import Daemon, wait_for
-from tests.support import Admin, Receiver, RedisServer, wait_until
+from tests.support import Admin, Receiver, RedisServer, fail_first, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -159,7 +159,7 @@ async def test_a_daemon_whose_clock_is_behind_keeps_its_claims(
     assert twice == {}
     assert not sweeper.actions("claims_recovered")
     # the skewed daemon's own retry times are Redis's clock too: a retry is not ten minutes late
-    receiver.behaviours["/once"] = _fail_first()
+    receiver.behaviours["/once"] = fail_first()
     retried = await admin.subscription(
         receiver.url("/once"),
         retry_policy={
@@ -175,16 +175,3 @@ async def test_a_daemon_whose_clock_is_behind_keeps_its_claims(
     (doc,) = await admin.wait_status([late], {"SUCCESS"}, timeout=20)
     assert doc["attempts"] == 2
     await wait_until(lambda: redis.llen("dispatch:processing"), 0)
-
-
-def _fail_first() -> Callable[[web.Request], object]:
-    seen: set[str] = set()
-
-    async def respond(request: web.Request) -> web.StreamResponse:
-        event_id = request.headers["X-Cycles-Event-Id"]
-        if event_id in seen:
-            return web.Response(status=200)
-        seen.add(event_id)
-        return web.Response(status=503)
-
-    return respond
