@@ -23,7 +23,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 test: setup lint
-	$(BIN)/pytest -q -p no:cacheprovider tests
+	$(BIN)/pytest -q -p no:cacheprovider -n 2 tests
 
 test-fast: setup
 	$(BIN)/pytest -q -x tests/unit tests/integration
