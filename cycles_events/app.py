@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from cycles_events import BUILD_TIME, __version__, logs
-from cycles_events.config import Settings
+from cycles_events.config import ConfigError, Settings
 from cycles_events.connection import RedisState, redis_client
 from cycles_events.dispatch.pipeline import DispatchOptions, Pipeline
 from cycles_events.maintenance import (
@@ -154,7 +154,14 @@ class App:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
-        await self.management.start()
+        try:
+            await self.management.start()
+        except OSError as exc:  # the port is taken, or the address is not this host's
+            where = f"{self.settings.management_address}:{self.settings.management_port}"
+            raise ConfigError(
+                f"invalid setting MANAGEMENT_PORT/MANAGEMENT_ADDRESS: cannot listen on {where}"
+                f" ({exc.strerror or type(exc).__name__})"
+            ) from None
         await self.sender.start()
         logs.info(
             "started",

@@ -80,14 +80,21 @@ def describe(exc: BaseException) -> str:
         return "authentication failed (REDIS_USERNAME / REDIS_PASSWORD)"
     if isinstance(exc, ssl.SSLError) or "ssl" in text or "certificate" in text:
         return "TLS handshake failed (REDIS_TLS_ENABLED / REDIS_TLS_CA_FILE)"
-    if isinstance(exc, RedisTimeoutError | TimeoutError) or "timed out" in text:
+    if (
+        isinstance(exc, RedisTimeoutError | TimeoutError)
+        or "timed out" in text
+        or "timeout" in text
+    ):
         return "timed out"
     if "name or service not known" in text or "nodename nor servname" in text:
         return "unknown host"
     if "temporary failure in name resolution" in text or "no address associated" in text:
         return "unknown host"
-    if "connection refused" in text or isinstance(exc, ConnectionRefusedError):
+    refused = ("connection refused", "connect call failed", "error 111 ")
+    if any(r in text for r in refused) or isinstance(exc, ConnectionRefusedError):
         return "connection refused"
+    if "no route to host" in text or "error 113 " in text or "network is unreachable" in text:
+        return "no route to host"
     if "no master found" in text or "masternotfound" in type(exc).__name__.lower():
         return "Sentinel names no primary"
     if "connection reset" in text or "closed" in text or "broken pipe" in text:

@@ -34,11 +34,13 @@ def failed(
     """The delivery record ended FAILED (fields not named here are kept as they were)."""
     doc = dict(delivery.doc)
     doc["status"] = "FAILED"
+    # after an attempt, its status (none without an HTTP answer) replaces the earlier one's;
+    # a failure before any send keeps what the last attempt, if any, recorded
     if attempts is not None:
         doc["attempts"] = attempts
+        _set(doc, "response_status", status)
+        _set(doc, "response_time_ms", elapsed_ms)
     doc["completed_at"] = format_instant(now_ms)
-    _set(doc, "response_status", status)
-    _set(doc, "response_time_ms", elapsed_ms)
     doc["error_message"] = message
     doc.pop("next_retry_at", None)
     return doc

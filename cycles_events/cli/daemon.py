@@ -11,7 +11,8 @@ import urllib.error
 import urllib.request
 
 from cycles_events import logs
-from cycles_events.cli.common import EXIT_FAILED, EXIT_OK, load_settings
+from cycles_events.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, load_settings
+from cycles_events.config import ConfigError
 
 GC_THRESHOLD = 20_000  # allocations between young-generation collections (Python: 700)
 
@@ -28,7 +29,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         tune_gc()
         return await app.run()
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    except ConfigError as exc:  # found only once running: the management port, say
+        print(f"cycles-events: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def tune_gc() -> None:

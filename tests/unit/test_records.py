@@ -230,3 +230,41 @@ def test_redis_state_debounces_isolated_failures() -> None:
     assert not state.up and state.last_error == "ConnectionError"  # described: the class name
     state.ok()
     assert state.up
+
+
+def test_a_failure_before_any_send_keeps_the_last_attempts_status() -> None:
+    retried = parsed(status="RETRYING", attempts=2, response_status=503, response_time_ms=40)
+    upstream = lifecycle.failed(retried, 0, "Subscription not active: PAUSED")
+    assert (upstream["response_status"], upstream["response_time_ms"]) == (503, 40)
+    after = lifecycle.failed(retried, 0, "Timeout", attempts=3, status=None, elapsed_ms=30000)
+    assert "response_status" not in after and after["response_time_ms"] == 30000
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (
+            "Error 111 connecting to redis:6379. Connect call failed ('10.0.0.5', 6379).",
+            "connection refused",
+        ),
+        ("Error -2 connecting to redis:6379. Name or service not known.", "unknown host"),
+        (
+            "Error -3 connecting to redis:6379. Temporary failure in name resolution.",
+            "unknown host",
+        ),
+        ("WRONGPASS invalid username-password pair or user is disabled.", "authentication failed"),
+        (
+            "Error 1 connecting to redis:6380. [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed",
+            "TLS handshake failed",
+        ),
+        ("Timeout connecting to server", "timed out"),
+    ],
+)
+def test_redis_errors_are_described_without_the_address(error: str, said: str) -> None:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from cycles_events.connection import describe
+
+    described = describe(RedisConnectionError(error))
+    assert described.startswith(said) and "redis" not in described.split("(")[0]
+    assert "6379" not in described and "10.0.0.5" not in described
