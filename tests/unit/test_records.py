@@ -254,7 +254,7 @@ def test_a_failure_before_any_send_keeps_the_last_attempts_status() -> None:
         ),
         ("WRONGPASS invalid username-password pair or user is disabled.", "authentication failed"),
         (
-            "Error 1 connecting to redis:6380. [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed",
+            "Error 1 connecting to redis:6380. [SSL: CERTIFICATE_VERIFY_FAILED] verify failed",
             "TLS handshake failed",
         ),
         ("Timeout connecting to server", "timed out"),
