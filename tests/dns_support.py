@@ -204,6 +204,18 @@ def respond(data: bytes) -> RawHandler:
     return handler
 
 
+def respond_each(data: bytes) -> RawHandler:
+    """Send `data` verbatim to every request on the connection (keep-alive)."""
+
+    async def handler(server: RawServer, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while (request := await read_request(r)) is not None:
+            server.requests.append(request[0])
+            w.write(data)
+            await w.drain()
+
+    return handler
+
+
 async def endless_body(server: RawServer, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
     """Answer 200 with a chunked body that never ends; stops when the client hangs up."""
     request = await read_request(r)

@@ -10,7 +10,6 @@ import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver
@@ -19,9 +18,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from cycles_events.sender import MAX_RESPONSE_BYTES, Sender, read_bounded
+from cycles_events.sender import Sender
 from cycles_events.urlguard import SecurityPolicy
-from tests.dns_support import DnsResolver, DnsServer, RawServer, endless_body, respond, silent
+from tests.dns_support import (
+    DnsResolver,
+    DnsServer,
+    RawServer,
+    endless_body,
+    respond,
+    respond_each,
+    silent,
+)
 from tests.integration.conftest import StartApp
 from tests.support import OPEN_SECURITY, Admin
 
@@ -136,21 +143,33 @@ async def test_an_endless_body_is_cut_off_after_64_kib() -> None:
         assert (result.status, result.error) == (200, None)
         await wait_for(lambda: server.ended)  # the client hung up on the stream
         assert server.ended[0] in ("ConnectionResetError", "BrokenPipeError")
-        async with aiohttp.ClientSession() as session, session.get(server.url()) as resp:
-            assert await read_bounded(resp) == MAX_RESPONSE_BYTES
-            assert resp.connection is None  # dropped, not returned to the pool
+        again = await sender.post(server.url(), b"{}", {})  # dropped, not returned to the pool
+        assert again.status == 200 and server.connections == 2
     finally:
         await sender.close()
         await server.stop()
 
 
-async def test_a_small_body_is_read_whole_and_the_connection_kept() -> None:
-    server = await RawServer(respond(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")).start()
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+        b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 202 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-T: 1\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+    ],
+    ids=["content-length", "chunked", "chunked-trailer", "no-content"],
+)
+async def test_a_small_body_is_read_whole_and_the_connection_kept(answer: bytes) -> None:
+    server = await RawServer(respond_each(answer)).start()
+    sender = await new_sender()
     try:
-        async with aiohttp.ClientSession() as session, session.get(server.url()) as resp:
-            assert await read_bounded(resp) == 5
-            assert resp.content.at_eof()
+        first = await sender.post(server.url(), b"{}", {})
+        second = await sender.post(server.url(), b"{}", {})
+        assert first.status == second.status == int(answer[9:12]) and first.error is None
+        assert server.connections == 1  # the connection was kept and reused
     finally:
+        await sender.close()
         await server.stop()
 
 
