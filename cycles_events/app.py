@@ -163,6 +163,8 @@ class App:
                 f" ({exc.strerror or type(exc).__name__})"
             ) from None
         await self.sender.start()
+        if self.sender.watchdog is not None:  # it enforces every request's deadline
+            self.tasks["http-deadlines"] = self.sender.watchdog
         logs.info(
             "started",
             version=__version__,
@@ -239,9 +241,9 @@ class App:
                 await asyncio.wait({claimer}, timeout=CLAIMER_STOP_S)
         await self.pipeline.drain(self.settings.shutdown_grace_seconds)
         for name, task in self.tasks.items():
-            if name != "dispatcher" and not task.done():
+            if name not in ("dispatcher", "http-deadlines") and not task.done():
                 task.cancel()
-        await asyncio.wait(set(self.tasks.values()), timeout=2.0)
+        await asyncio.wait(set(self.tasks.values()) - {self.sender.watchdog}, timeout=2.0)
         await self.sender.close()
         await self.redis.aclose()
         await self.blocking_redis.aclose()

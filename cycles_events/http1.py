@@ -49,6 +49,7 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
+        self.deadline = 0.0  # loop time by which the request under way must be answered
         self._buf = bytearray()
         self._waiter: asyncio.Future[Answer] | None = None
         self._reset()
@@ -119,6 +120,13 @@ class Connection(asyncio.Protocol):
             return await waiter
         finally:
             self._waiter = None
+
+    def expire(self) -> None:
+        """The request under way ran out of time: it fails, and the connection is closed."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(TimeoutError())
+        self.close()
 
     def close(self) -> None:
         """Close at once (what is unread is dropped)."""
