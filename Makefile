@@ -34,8 +34,9 @@ chaos: setup
 bench: setup
 	$(BIN)/python -m benchmarks.dispatch
 
+# make demo ARGS=--hold (or ARGS='--events 1000 --rate 200'): options of the demo script
 demo: setup
-	$(BIN)/python -m cycles_events.demo
+	$(BIN)/python -m cycles_events.demo $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 import re
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
@@ -126,6 +128,13 @@ def failure_reason(error_message: Any) -> str:
     return "transport_error"
 
 
+def delivery_reason(delivery: Mapping[str, Any]) -> str | None:
+    """The failure reason of a FAILED or RETRYING delivery; None for the other statuses."""
+    if delivery.get("status") in ("FAILED", "RETRYING"):
+        return failure_reason(delivery.get("error_message"))
+    return None
+
+
 def mask_headers(headers: Any) -> dict[str, str]:
     """Custom headers with every value masked (names are kept)."""
     if not isinstance(headers, Mapping):
@@ -161,17 +170,68 @@ def percentile(values: Sequence[float], pct: float) -> float | None:
     return ordered[min(rank, len(ordered)) - 1]
 
 
-def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
-    """Left-aligned text columns."""
+ELLIPSIS = "\u2026"
+MIN_CUT_WIDTH = 8
+
+
+def ellipsize(value: str, width: int) -> str:
+    """`value` on one line, cut to `width` characters with an ellipsis when longer."""
+    flat = " ".join(value.split())
+    if len(flat) <= width:
+        return flat
+    return flat[: max(0, width - 1)] + ELLIPSIS
+
+
+def terminal_width(stream: TextIO) -> int | None:
+    """The width of the terminal `stream` writes to, or None when it is not a terminal."""
+    isatty = getattr(stream, "isatty", None)
+    if not (isatty and isatty()):
+        return None
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, ValueError, OSError):  # io.UnsupportedOperation is an OSError
+        return shutil.get_terminal_size().columns
+
+
+def _fit(widths: list[int], flex: Sequence[int], width: int) -> list[int]:
+    """Column widths narrowed, widest flexible column first, until the row fits `width`."""
+    fitted = list(widths)
+    excess = sum(fitted) + 2 * (len(fitted) - 1) - width
+    while excess > 0:
+        cuttable = [i for i in flex if fitted[i] > MIN_CUT_WIDTH]
+        if not cuttable:
+            break
+        widest = max(cuttable, key=lambda i: fitted[i])
+        fitted[widest] -= 1
+        excess -= 1
+    return fitted
+
+
+def table(
+    rows: Sequence[Sequence[Any]],
+    header: Sequence[str],
+    *,
+    width: int | None = None,
+    flex: Sequence[str] = (),
+) -> str:
+    """Left-aligned text columns; with `width`, the `flex` columns are cut to fit it."""
     cells = [[str(c) for c in header]] + [["-" if c is None else str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    if width is not None:
+        fitted = _fit(widths, [list(header).index(n) for n in flex if n in header], width)
+        if fitted != widths:
+            cells = [[ellipsize(c, w) for c, w in zip(r, fitted, strict=True)] for r in cells]
+            widths = fitted
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells
     )
 
 
 class Progress:
-    """A one-line progress bar on a terminal; silent when the stream is not a TTY."""
+    """A one-line progress bar with rate and ETA on a terminal; silent when it is not a TTY."""
 
     WIDTH = 30
 
@@ -182,22 +242,33 @@ class Progress:
         self.stream = stream
         self.label = label
         if enabled is None:
-            isatty = getattr(stream, "isatty", None)
-            enabled = bool(isatty and isatty())
+            enabled = terminal_width(stream) is not None
         self.enabled = enabled
         self.done = 0
         self.started = time.monotonic()
         self._last = 0.0
         self._drawn = False
 
-    def render(self, done: int, elapsed: float) -> str:
-        """The bar's text for `done` of total after `elapsed` seconds."""
+    def render(self, done: int, elapsed: float, columns: int | None = None) -> str:
+        """The bar's text for `done` of total after `elapsed` seconds, within `columns`."""
         frac = 1.0 if self.total == 0 else min(1.0, done / self.total)
-        filled = int(frac * self.WIDTH)
-        bar = "#" * filled + "." * (self.WIDTH - filled)
         rate = done / elapsed if elapsed > 0 else 0.0
-        label = f"{self.label} " if self.label else ""
-        return f"{label}[{bar}] {done}/{self.total} {frac * 100:3.0f}% {rate:.0f}/s"
+        if done >= self.total:
+            timing = f"in {format_age(elapsed)}"
+        elif rate > 0:
+            timing = f"eta {format_age((self.total - done) / rate)}"
+        else:
+            timing = "eta -"
+        numbers = f"{done}/{self.total} {frac * 100:3.0f}% {rate:.0f}/s {timing}"
+        bar_width = self.WIDTH
+        if columns is not None:  # the bar gives way first: the numbers are what is read
+            room = columns - 1 - len(numbers) - (len(self.label) + 1 if self.label else 0)
+            bar_width = min(self.WIDTH, room - 3)
+        bar = ""
+        if bar_width >= 5:
+            filled = int(frac * bar_width)
+            bar = f"[{'#' * filled}{'.' * (bar_width - filled)}]"
+        return " ".join(part for part in (self.label, bar, numbers) if part)
 
     def update(self, done: int, *, force: bool = False) -> None:
         """Redraw (at most 10 times a second unless forced)."""
@@ -208,7 +279,8 @@ class Progress:
         if not force and now - self._last < 0.1:
             return
         self._last = now
-        self.stream.write("\r" + self.render(done, now - self.started) + "\x1b[K")
+        columns = terminal_width(self.stream)
+        self.stream.write("\r" + self.render(done, now - self.started, columns) + "\x1b[K")
         self.stream.flush()
         self._drawn = True
 

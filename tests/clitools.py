@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
+import struct
 import sys
+import termios
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +51,43 @@ async def cli(
     out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
     assert proc.returncode is not None
     return Run(proc.returncode, out.decode(), err.decode())
+
+
+async def cli_tty(
+    redis_url: str, *args: str, columns: int = 100, timeout: float = 60, **env: str
+) -> tuple[int, str, str]:
+    """Run the CLI with stdout and stderr on a terminal `columns` wide: (code, tty text, err)."""
+    primary, secondary = os.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    clean = {k: v for k, v in cli_env(redis_url, **env).items() if k not in ("COLUMNS", "LINES")}
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *("-m", "cycles_events.cli", *args),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=secondary,
+            stderr=asyncio.subprocess.PIPE,
+            env=clean,
+        )
+        os.close(secondary)
+        secondary = -1
+        tty = bytearray()
+        loop = asyncio.get_running_loop()
+        while True:  # read until the child closes the terminal (EIO on Linux)
+            try:
+                chunk = await loop.run_in_executor(None, os.read, primary, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            tty += chunk
+        _, err = await asyncio.wait_for(proc.communicate(), timeout)
+    finally:
+        os.close(primary)
+        if secondary >= 0:
+            os.close(secondary)
+    assert proc.returncode is not None
+    return proc.returncode, tty.decode().replace("\r\n", "\n"), err.decode()
 
 
 async def seed_deliveries(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from cycles_events.cli.common import EXIT_OK, OutputClosed
 from cycles_events.cli.daemon import tune_gc
 from cycles_events.cli.parser import build_parser, check_arguments
 
@@ -15,5 +16,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_arguments(parser, args)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except OutputClosed:
+        return EXIT_OK
     return code

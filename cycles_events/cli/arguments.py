@@ -56,6 +56,19 @@ def _status_arg(value: str) -> set[str]:
     return names
 
 
+def _subscription_status_arg(value: str) -> set[str]:
+    from cycles_events.ops import SUBSCRIPTION_STATUSES
+
+    names = {v.strip().upper() for v in value.split(",") if v.strip()}
+    bad = names - set(SUBSCRIPTION_STATUSES)
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown status {', '.join(sorted(bad)) or value!r} "
+            f"(use {', '.join(SUBSCRIPTION_STATUSES)}, comma-separated)"
+        )
+    return names
+
+
 _DELIVERY_ID = re.compile(r"del_[A-Za-z0-9_-]{1,64}")
 _SUBSCRIPTION_ID = re.compile(r"whsub_[A-Za-z0-9_-]{1,64}")
 _SIGNATURE = re.compile(r"sha256=[0-9a-fA-F]{64}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -34,12 +35,21 @@ def fail(message: str) -> int:
     return EXIT_FAILED
 
 
+class OutputClosed(Exception):
+    """Whoever read stdout stopped reading (`| head`): nothing more to say, nothing failed."""
+
+
 def emit(args: argparse.Namespace, data: Any, text: str) -> None:
     """Print `data` as JSON with --json, else the human-readable `text`."""
-    if args.json:
-        print(json.dumps(data, indent=2, ensure_ascii=False))
-    elif text:
-        print(text)
+    try:
+        if args.json:
+            print(json.dumps(data, indent=2, ensure_ascii=False), flush=True)
+        elif text:
+            print(text, flush=True)
+    except BrokenPipeError:
+        # stdout now points at /dev/null, so that the flush at exit cannot fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise OutputClosed from None
 
 
 def _redis_target(settings: Settings) -> str:

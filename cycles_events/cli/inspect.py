@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import TYPE_CHECKING, Any
 
 from cycles_events.cli.common import EXIT_OK, emit, with_redis
@@ -113,10 +114,31 @@ def cmd_deliveries_show(args: argparse.Namespace) -> int:
     return with_redis(run)
 
 
+ERROR_WIDTH = 60
+
+
+def _listing_rows(deliveries: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    from cycles_events.opsutil import delivery_reason, ellipsize
+
+    return [
+        (
+            d.get("delivery_id"),
+            d.get("attempted_at"),
+            d.get("status"),
+            d.get("attempts"),
+            d.get("event_type"),
+            d.get("response_status"),
+            delivery_reason(d),
+            ellipsize(str(d.get("error_message") or ""), ERROR_WIDTH) or None,
+        )
+        for d in deliveries
+    ]
+
+
 def cmd_deliveries_list(args: argparse.Namespace) -> int:
     """List a subscription's deliveries, newest first."""
     from cycles_events import ops
-    from cycles_events.opsutil import failure_reason, table
+    from cycles_events.opsutil import delivery_reason, table, terminal_width
 
     async def run(redis: Redis, settings: Settings) -> int:
         listing = await ops.list_deliveries(
@@ -125,32 +147,32 @@ def cmd_deliveries_list(args: argparse.Namespace) -> int:
             statuses=sorted(args.status),
             since_ms=args.since,
             until_ms=args.until,
+            reasons=sorted(set(args.reason)),
+            event_types=args.event_type,
             limit=args.limit,
         )
-        rows = [
-            (
-                d.get("delivery_id"),
-                d.get("attempted_at"),
-                d.get("status"),
-                d.get("attempts"),
-                d.get("event_type"),
-                d.get("response_status"),
-                failure_reason(d.get("error_message"))
-                if d.get("status") in ("FAILED", "RETRYING")
-                else None,
-                str(d.get("error_message") or "")[:60] or None,
+        shown, total = len(listing.deliveries), listing.total
+        if listing.deliveries:
+            header = ("DELIVERY", "CREATED", "STATUS", "ATTEMPTS", "EVENT_TYPE", "HTTP", "REASON")
+            text = table(
+                _listing_rows(listing.deliveries),
+                (*header, "ERROR"),
+                width=terminal_width(sys.stdout),
+                flex=("ERROR", "EVENT_TYPE"),
             )
-            for d in listing.deliveries
-        ]
-        header = ("DELIVERY", "CREATED", "STATUS", "ATTEMPTS", "EVENT_TYPE", "HTTP", "REASON")
-        text = table(rows, (*header, "ERROR")) if rows else "no deliveries match"
+            text += f"\nshowing {shown} of {total} matching deliveries, newest first"
+            if shown < total:
+                text += f" (--limit {total} shows them all)"
+        else:
+            text = "no deliveries match"
         if listing.expired:
             text += f"\n({listing.expired} indexed deliveries have expired records)"
         data = {
             "subscription_id": args.subscription,
-            "count": len(listing.deliveries),
+            "count": shown,
+            "total": total,
             "expired_records": listing.expired,
-            "deliveries": listing.deliveries,
+            "deliveries": [{**d, "failure_reason": delivery_reason(d)} for d in listing.deliveries],
         }
         emit(args, data, text)
         return EXIT_OK

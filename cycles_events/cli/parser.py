@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from cycles_events import __version__
 from cycles_events.cli.arguments import (
@@ -17,34 +16,16 @@ from cycles_events.cli.arguments import (
     _time_arg,
 )
 from cycles_events.cli.daemon import cmd_healthcheck, cmd_run
-from cycles_events.cli.inspect import cmd_deliveries_list, cmd_deliveries_show, cmd_stats
-from cycles_events.cli.quarantine import (
-    cmd_quarantine_drop,
-    cmd_quarantine_list,
-    cmd_quarantine_requeue,
+from cycles_events.cli.groups import (
+    TIME_HELP,
+    add_deliveries,
+    add_quarantine,
+    add_subscriptions,
+    subcommand,
 )
+from cycles_events.cli.inspect import cmd_stats
 from cycles_events.cli.replay import cmd_replay
 from cycles_events.cli.secrets import cmd_encrypt_secret, cmd_keygen, cmd_verify
-from cycles_events.cli.subscriptions import cmd_subscriptions_enable
-
-
-def _sub(
-    sub: Any, name: str, help_text: str, description: str, epilog: str, func: Any, *, json_opt: bool
-) -> argparse.ArgumentParser:
-    p: argparse.ArgumentParser = sub.add_parser(
-        name,
-        help=help_text,
-        description=description,
-        epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    if json_opt:
-        p.add_argument("--json", action="store_true", help="print JSON for scripts")
-    p.set_defaults(func=func, json=False)
-    return p
-
-
-TIME_HELP = "a duration ago (2h, 30m, 1h30m, 7d), an ISO-8601 instant, epoch ms or 'now'"
 
 REPLAY_DESCRIPTION = """\
 Replay deliveries: each replay is a NEW PENDING delivery of the same event to the same
@@ -52,7 +33,8 @@ subscription (new del_<hex> id, attempts 0), written exactly as the admin server
 writes it, and pushed onto dispatch:pending. Receivers deduplicate on X-Cycles-Event-Id.
 
 Give delivery ids, or --subscription with filters (by default only FAILED deliveries).
-The subscription must be ACTIVE. Nothing is written when a check fails.
+The subscription must be ACTIVE (a --dry-run previews anyway and says so). Nothing is
+written when a check fails.
 
 Resuming: every new delivery records its source in a `replay_of` field. A later run skips
 any source that already has a replay, so an interrupted run (Ctrl-C) is resumed by running
@@ -99,17 +81,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=cmd_run)
 
-    health = sub.add_parser(
+    health = subcommand(
+        sub,
         "healthcheck",
-        help="exit 0 when the local daemon is ready",
-        description="Ask the local management port for readiness; exit 0 when UP, 1 otherwise.",
-        epilog="example: cycles-events healthcheck --port 9980",
+        "exit 0 when the local daemon is ready",
+        "Ask the local management port (MANAGEMENT_ADDRESS unless it is a wildcard, else "
+        "127.0.0.1) for readiness; exit 0 when UP, 1 when DOWN or unreachable. A DOWN "
+        "answer names the components that are DOWN; --json prints the daemon's answer "
+        "(status and components).",
+        "example: cycles-events healthcheck --port 9980 --json",
+        cmd_healthcheck,
+        json_opt=True,
     )
     health.add_argument("--port", type=int, default=None, help="management port (MANAGEMENT_PORT)")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait")
-    health.set_defaults(func=cmd_healthcheck)
 
-    _sub(
+    subcommand(
         sub,
         "stats",
         "show dispatch queue depths",
@@ -121,49 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
         json_opt=True,
     )
 
-    deliveries = sub.add_parser(
-        "deliveries",
-        help="inspect deliveries",
-        description="Inspect delivery records.",
-        epilog="example: cycles-events deliveries list --subscription whsub_0a1b2c3d4e5f6071",
-    )
-    dsub = deliveries.add_subparsers(dest="action", metavar="ACTION")
-    dsub.required = True
-    show = _sub(
-        dsub,
-        "show",
-        "show one delivery, its event and its subscription",
-        "Show a delivery record, its failure reason and queue position, a summary of its "
-        "event and of its subscription (header values and the secret are masked).",
-        "example: cycles-events deliveries show del_8c4e2f9a0b1d3e57",
-        cmd_deliveries_show,
-        json_opt=True,
-    )
-    show.add_argument("delivery_id", type=_delivery_id, help="delivery id (del_<hex>)")
-    lst = _sub(
-        dsub,
-        "list",
-        "list a subscription's deliveries",
-        "List a subscription's deliveries, newest first (from the deliveries:{id} index, "
-        "scored by creation time).",
-        "example: cycles-events deliveries list --subscription whsub_0a1b2c3d4e5f6071 "
-        "--status FAILED --since 2h --limit 20",
-        cmd_deliveries_list,
-        json_opt=True,
-    )
-    lst.add_argument("--subscription", required=True, type=_subscription_id, help="whsub_<hex>")
-    lst.add_argument(
-        "--status", type=_status_arg, default=set(), help="PENDING, RETRYING, SUCCESS, FAILED"
-    )
-    lst.add_argument(
-        "--since", type=_time_arg, default=None, help=f"created at or after: {TIME_HELP}"
-    )
-    lst.add_argument(
-        "--until", type=_time_arg, default=None, help=f"created at or before: {TIME_HELP}"
-    )
-    lst.add_argument("--limit", type=_positive_int, default=50, help="at most N (default 50)")
+    add_deliveries(sub)
 
-    rp = _sub(
+    rp = subcommand(
         sub,
         "replay",
         "replay deliveries as new deliveries of the same events",
@@ -208,70 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rp.add_argument("--dry-run", action="store_true", help="count and list, change nothing")
     rp.add_argument("--again", action="store_true", help="also replay sources already replayed")
+    add_quarantine(sub)
+    add_subscriptions(sub)
 
-    quarantine = sub.add_parser(
-        "quarantine",
-        help="inspect and resolve quarantined deliveries (dispatch:failed)",
-        description="Deliveries whose record could not be parsed are quarantined on "
-        "dispatch:failed as {delivery_id, reason, quarantined_at_ms, payload}.",
-        epilog="example: cycles-events quarantine list",
-    )
-    qsub = quarantine.add_subparsers(dest="action", metavar="ACTION")
-    qsub.required = True
-    ql = _sub(
-        qsub,
-        "list",
-        "list the newest entries",
-        "List the newest quarantine entries (newest first).",
-        "example: cycles-events quarantine list --limit 50 --json",
-        cmd_quarantine_list,
-        json_opt=True,
-    )
-    ql.add_argument("--limit", type=_positive_int, default=20, help="at most N (default 20)")
-    qr = _sub(
-        qsub,
-        "requeue",
-        "push a quarantined id back onto dispatch:pending",
-        "Atomically remove the delivery's quarantine entries and LPUSH its id onto "
-        "dispatch:pending. Fix the delivery record first, or it is quarantined again.",
-        "example: cycles-events quarantine requeue del_8c4e2f9a0b1d3e57",
-        cmd_quarantine_requeue,
-        json_opt=True,
-    )
-    qr.add_argument("delivery_id", type=_delivery_id)
-    qd = _sub(
-        qsub,
-        "drop",
-        "remove a delivery's quarantine entries",
-        "Atomically remove every quarantine entry of the delivery id.",
-        "example: cycles-events quarantine drop del_8c4e2f9a0b1d3e57",
-        cmd_quarantine_drop,
-        json_opt=True,
-    )
-    qd.add_argument("delivery_id", type=_delivery_id)
-
-    subs = sub.add_parser(
-        "subscriptions",
-        help="manage subscriptions",
-        description="Manage webhook subscriptions.",
-        epilog="example: cycles-events subscriptions enable whsub_0a1b2c3d4e5f6071",
-    )
-    ssub = subs.add_subparsers(dest="action", metavar="ACTION")
-    ssub.required = True
-    en = _sub(
-        ssub,
-        "enable",
-        "set a subscription ACTIVE again",
-        "Do what the admin API's PATCH to ACTIVE does: status ACTIVE, consecutive_failures 0, "
-        "updated_at now (an atomic compare-and-set keeping every other field), and save a "
-        "webhook.resumed event when the status changed.",
-        "example: cycles-events subscriptions enable whsub_0a1b2c3d4e5f6071",
-        cmd_subscriptions_enable,
-        json_opt=True,
-    )
-    en.add_argument("subscription_id", type=_subscription_id)
-
-    _sub(
+    subcommand(
         sub,
         "keygen",
         "print a new WEBHOOK_SECRET_ENCRYPTION_KEY",
@@ -280,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_keygen,
         json_opt=True,
     )
-    _sub(
+    subcommand(
         sub,
         "encrypt-secret",
         "encrypt a signing secret for webhook:secret:{id}",
@@ -291,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_encrypt_secret,
         json_opt=True,
     )
-    vf = _sub(
+    vf = subcommand(
         sub,
         "verify",
         "check an X-Cycles-Signature against a body on stdin",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import TYPE_CHECKING
 
 from cycles_events.cli.common import EXIT_OK, emit, with_redis
@@ -15,26 +16,28 @@ if TYPE_CHECKING:
 def cmd_quarantine_list(args: argparse.Namespace) -> int:
     """List the newest quarantine entries."""
     from cycles_events import keys, ops
-    from cycles_events.opsutil import format_ms, table
+    from cycles_events.opsutil import ellipsize, format_ms, table, terminal_width
 
     async def run(redis: Redis, settings: Settings) -> int:
         total, entries = await ops.quarantine_list(redis, args.limit)
         rows = []
         for e in entries:
             at = e.get("quarantined_at_ms")
-            payload = str(e.get("payload") or "").replace("\n", " ")
             rows.append(
                 (
                     e.get("delivery_id"),
                     e.get("reason"),
                     format_ms(at) if isinstance(at, int) else None,
-                    payload[:50] + ("..." if len(payload) > 50 else ""),
+                    ellipsize(str(e.get("payload") or ""), 50) or None,
                 )
             )
         text = f"{keys.FAILED}: {total} entries"
         if rows:
             text += f" (newest {len(rows)})\n" + table(
-                rows, ("DELIVERY", "REASON", "QUARANTINED_AT", "PAYLOAD")
+                rows,
+                ("DELIVERY", "REASON", "QUARANTINED_AT", "PAYLOAD"),
+                width=terminal_width(sys.stdout),
+                flex=("PAYLOAD",),
             )
         emit(args, {"total": total, "entries": entries}, text)
         return EXIT_OK

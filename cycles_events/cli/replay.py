@@ -17,11 +17,35 @@ if TYPE_CHECKING:
     from cycles_events.ops import Selection
 
 
+SHOWN_PAIRS = 5
+
+
 def _skipped_text(sel: Selection) -> str:
     if not sel.skipped:
         return ""
     parts = ", ".join(f"{k} {v}" for k, v in sorted(sel.skipped.items()))
     return f" (skipped: {parts})"
+
+
+def _hints(sel: Selection) -> list[str]:
+    """What the operator may do about the sources left out: already replayed, inactive."""
+    lines = []
+    if sel.already:
+        n = len(sel.already)
+        lines.append(
+            f"{n} source{'s were' if n != 1 else ' was'} already replayed; --again replays "
+            "them anyway. Earlier replays (their replay_of field names the source):"
+        )
+        pairs = sorted(sel.already.items())
+        lines.extend(f"  {src} replayed as {new}" for src, new in pairs[:SHOWN_PAIRS])
+        if n > SHOWN_PAIRS:
+            lines.append(f"  \u2026 and {n - SHOWN_PAIRS} more (--json lists every pair)")
+    for sub_id, status in sorted(sel.inactive.items()):
+        lines.append(
+            f"note: subscription {sub_id} is {status}: the replay itself is refused until it "
+            f"is ACTIVE again (cycles-events subscriptions enable {sub_id})"
+        )
+    return lines
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -31,7 +55,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     async def run(redis: Redis, settings: Settings) -> int:
         if args.delivery_ids:
-            sel = await ops.select_by_ids(redis, args.delivery_ids, again=args.again)
+            sel = await ops.select_by_ids(
+                redis, args.delivery_ids, again=args.again, dry_run=args.dry_run
+            )
         else:
             flt = ops.ReplayFilter(
                 statuses=frozenset(args.status),
@@ -40,7 +66,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 event_types=tuple(args.event_type),
                 reasons=frozenset(args.reason),
             )
-            sel = await ops.select_by_subscription(redis, args.subscription, flt, again=args.again)
+            sel = await ops.select_by_subscription(
+                redis, args.subscription, flt, again=args.again, dry_run=args.dry_run
+            )
         ops.limit_selection(sel, args.limit)
         total = len(sel.sources)
         if args.dry_run:
@@ -51,12 +79,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 "would_replay": [s.delivery_id for s in sel.sources],
                 "skipped": dict(sel.skipped),
                 "already_replayed": sel.already,
+                "inactive_subscriptions": sel.inactive,
             }
             lines = [f"{s.delivery_id}  {s.event_type}" for s in sel.sources]
             lines.append(
                 f"dry run: would replay {total} deliveries{_skipped_text(sel)}; nothing changed"
             )
-            emit(args, data, "\n".join(lines))
+            emit(args, data, "\n".join(lines + _hints(sel)))
             return EXIT_OK
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -91,7 +120,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         }
         lines = [f"{s} -> {n}" for s, n in result.replayed]
         lines.append(f"replayed {done} of {total} deliveries{_skipped_text(sel)}")
-        emit(args, data, "\n".join(lines))
+        emit(args, data, "\n".join(lines + _hints(sel)))
         if result.error is not None:
             doubt = " ".join(n for _, n in result.in_doubt)
             return fail(

@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from cycles_events.demo.common import DemoError, Options, say
+from cycles_events.demo.common import DemoError, Options, python_command, say
 from cycles_events.demo.processes import Processes
 from cycles_events.demo.receiver import DemoReceiver
 from cycles_events.demo.run import run_demo
@@ -55,10 +55,11 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     """Options from the command line and DEMO_* variables."""
     fast = os.environ.get("DEMO_FAST", "").lower() in ("1", "true", "yes")
     parser = argparse.ArgumentParser(
-        prog="python -m cycles_events.demo",
+        prog=f"{python_command()} -m cycles_events.demo",
         description="Start a throwaway redis-server, a local receiver and the daemon, push "
         "events the way the admin server does and summarise what happened.",
-        epilog="example: make demo   (or: python -m cycles_events.demo --no-tty --events 100)",
+        epilog="example: make demo ARGS='--no-tty --events 100'   (or: "
+        f"{python_command()} -m cycles_events.demo --no-tty --events 100)",
     )
     parser.add_argument(
         "--events", type=int, default=int(os.environ.get("DEMO_EVENTS", 120 if fast else 300))

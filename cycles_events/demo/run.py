@@ -136,7 +136,10 @@ async def run_demo(opts: Options, procs: Processes, receiver: DemoReceiver) -> i
             )
         async with aiohttp.ClientSession() as http:
             await wait_ready(http, management_port, daemon, log)
-            say(f"daemon ready; pushing {opts.events} events as the admin server would")
+            say(
+                f"daemon ready (metrics: http://127.0.0.1:{management_port}/actuator/prometheus "
+                f"while the demo runs); pushing {opts.events} events as the admin server would"
+            )
             pushed_ms: dict[tuple[str, str], int] = {}
             ids: list[str] = []
             expected = sum(

@@ -14,7 +14,7 @@ import aiohttp
 from redis.asyncio import Redis
 
 from cycles_events import keys
-from cycles_events.demo.common import Options
+from cycles_events.demo.common import Options, cli_command, hold_command
 from cycles_events.demo.receiver import DemoReceiver
 from cycles_events.demo.records import Sub
 from cycles_events.opsutil import failure_reason, percentile
@@ -73,7 +73,8 @@ def build_summary(
     failed = [r for r in records if r.get("status") == "FAILED"]
     reasons = Counter(failure_reason(r.get("error_message")) for r in failed)
     retried = [r for r in records if int(r.get("attempts") or 0) > 1]
-    retries = sum(max(0, int(r.get("attempts") or 0) - 1) for r in records)
+    scheduled = sum(retries_scheduled(r) for r in records)
+    never_ran = sum(1 for r in records if retries_scheduled(r) > 0 and _ended_unsent(r))
     latencies = [
         float(at - pushed_ms[k])
         for k, at in receiver.first_receipt_ms.items()
@@ -90,8 +91,7 @@ def build_summary(
         f"{len(subs)} subscriptions in {outcome.elapsed_s:.1f} s",
         f"delivered: {by_status['SUCCESS']}  (signatures verified by the receiver: "
         f"{receiver.signatures_ok}/{signed})",
-        f"retried:   {len(retried)} deliveries needed more than one attempt "
-        f"({retries} retry attempts)",
+        _retried_line(len(retried), scheduled, never_ran, metrics),
         f"failed:    {len(failed)}  ({reason_text})",
         f"disabled:  {len(disabled)}  {', '.join(disabled)}".rstrip(),
         "latency push->receipt: "
@@ -104,14 +104,55 @@ def build_summary(
         pending = len(records) - by_status["SUCCESS"] - by_status["FAILED"]
         lines.append(f"INCOMPLETE: {pending} deliveries were not finished after the timeout")
     if metrics:
-        lines.append(f"metrics at {prom}:")
+        lines.append(f"metrics scraped from {prom}:")
         lines.extend(f"  {name} {value:g}" for name, value in metrics.items())
-    lines.append(f"where to look: {prom}  (health: /actuator/health)")
     if opts.hold:
-        lines.append(f"try: REDIS_URL={redis_url} cycles-events stats")
+        lines.append(f"where to look, until Ctrl-C: {prom}  (health: /actuator/health)")
+        lines.append(f"try: REDIS_URL={redis_url} {cli_command()} stats")
     else:
-        lines.append("run `python -m cycles_events.demo --hold` to keep everything up and look")
+        lines.append(
+            "the demo now stops everything, that URL included; to keep it all up and look: "
+            + hold_command()
+        )
     return "\n".join(lines)
+
+
+ATTEMPT_REASONS = frozenset({"http_4xx", "http_5xx", "transport_error"})
+
+
+def _ended_unsent(record: dict[str, Any]) -> bool:
+    """Whether a delivery ended FAILED without a last attempt (its subscription, say)."""
+    if record.get("status") != "FAILED":
+        return False
+    return failure_reason(record.get("error_message")) not in ATTEMPT_REASONS
+
+
+def retries_scheduled(record: dict[str, Any]) -> int:
+    """The failed attempts of a delivery that were given a retry, as ..._retried_total counts."""
+    attempts = int(record.get("attempts") or 0)
+    if record.get("status") == "SUCCESS" or (
+        record.get("status") == "FAILED" and not _ended_unsent(record)
+    ):
+        return max(0, attempts - 1)  # its last attempt ended it
+    return attempts  # each attempt so far was given a retry, the last one maybe never run
+
+
+def _retried_line(
+    deliveries: int, scheduled: int, never_ran: int, metrics: dict[str, float]
+) -> str:
+    line = (
+        f"retried:   {deliveries} deliveries needed more than one attempt; {scheduled} "
+        "retries scheduled"
+    )
+    counted = metrics.get("cycles_webhook_delivery_retried_total")
+    if counted is not None:
+        same = "=" if counted == scheduled else "the metric says"
+        line += f" ({same} cycles_webhook_delivery_retried_total {counted:g})"
+    if never_ran:
+        line += (
+            f", {never_ran} never ran (subscription disabled first: FAILED subscription_inactive)"
+        )
+    return line
 
 
 async def saved_meta_events(redis: Redis) -> Counter[str]:

@@ -11,6 +11,13 @@ from cycles_events.ops.deliveries import (
     show_delivery,
     subscription_summary,
 )
+from cycles_events.ops.overview import (
+    QUEUE_SCAN_MAX,
+    SUBSCRIPTION_STATUSES,
+    SubscriptionList,
+    list_subscriptions,
+    show_subscription,
+)
 from cycles_events.ops.quarantine import quarantine_list, quarantine_take
 from cycles_events.ops.queues import Stats, stats
 from cycles_events.ops.replaying import ReplayResult, new_delivery_id, replay, replay_record
@@ -33,7 +40,9 @@ __all__ = [
     "CHUNK",
     "DELIVERY_STATUSES",
     "MAX_CAS_ROUNDS",
+    "QUEUE_SCAN_MAX",
     "REPLAY_FIELD",
+    "SUBSCRIPTION_STATUSES",
     "Enabled",
     "Listing",
     "OpsError",
@@ -42,10 +51,12 @@ __all__ = [
     "Selection",
     "Source",
     "Stats",
+    "SubscriptionList",
     "enable_subscription",
     "event_summary",
     "limit_selection",
     "list_deliveries",
+    "list_subscriptions",
     "new_delivery_id",
     "now_ms",
     "quarantine_list",
@@ -56,6 +67,7 @@ __all__ = [
     "select_by_ids",
     "select_by_subscription",
     "show_delivery",
+    "show_subscription",
     "stats",
     "subscription_summary",
 ]

@@ -10,7 +10,8 @@ from redis.asyncio import Redis
 from cycles_events import keys
 from cycles_events.models import JsonObject, format_instant, text
 from cycles_events.ops.common import OpsError, index_chunks, load_record
-from cycles_events.opsutil import failure_reason, mask_headers
+from cycles_events.ops.selection import ReplayFilter
+from cycles_events.opsutil import delivery_reason, mask_headers
 from cycles_events.urlguard import redact_url
 
 DELIVERY_STATUSES = ("PENDING", "RETRYING", "SUCCESS", "FAILED")
@@ -98,9 +99,7 @@ async def show_delivery(redis: Redis, delivery_id: str) -> JsonObject:
         queue = {"queue": keys.RETRY, "due_at": format_instant(int(float(retry_at)))}
     report: JsonObject = {
         "delivery": doc,
-        "failure_reason": failure_reason(doc.get("error_message"))
-        if doc.get("status") in ("FAILED", "RETRYING")
-        else None,
+        "failure_reason": delivery_reason(doc),
         "queue": queue,
         "expires_in_s": int(pttl) // 1000 if int(pttl) >= 0 else None,
     }
@@ -125,11 +124,12 @@ async def _require_subscription(redis: Redis, subscription_id: str) -> JsonObjec
 
 @dataclass(slots=True)
 class Listing:
-    """The result of `deliveries list`."""
+    """The result of `deliveries list`: the newest `limit` matches and how many matched."""
 
     deliveries: list[JsonObject]
     expired: int = 0
     scanned: int = 0
+    total: int = 0
 
 
 async def list_deliveries(
@@ -139,12 +139,20 @@ async def list_deliveries(
     statuses: Sequence[str] = (),
     since_ms: int | None = None,
     until_ms: int | None = None,
+    reasons: Sequence[str] = (),
+    event_types: Sequence[str] = (),
     limit: int = 50,
 ) -> Listing:
-    """A subscription's deliveries, newest first, filtered by status and creation time."""
+    """A subscription's deliveries, newest first, filtered as a bulk replay filters them."""
     await _require_subscription(redis, subscription_id)
+    flt = ReplayFilter(
+        statuses=frozenset(statuses),
+        since_ms=since_ms,
+        until_ms=until_ms,
+        event_types=tuple(event_types),
+        reasons=frozenset(reasons),
+    )
     out = Listing([])
-    wanted = set(statuses)
     async for chunk in index_chunks(redis, subscription_id, since_ms, until_ms, newest_first=True):
         for _, _, raw in chunk:
             out.scanned += 1
@@ -152,9 +160,9 @@ async def list_deliveries(
             if doc is None:
                 out.expired += raw is None
                 continue
-            if wanted and doc.get("status") not in wanted:
+            if not flt.matches(doc):
                 continue
-            out.deliveries.append(doc)
-            if len(out.deliveries) >= limit:
-                return out
+            out.total += 1  # the whole window is read, so that the total is known
+            if len(out.deliveries) < limit:
+                out.deliveries.append(doc)
     return out

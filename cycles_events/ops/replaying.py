@@ -69,28 +69,34 @@ async def replay(
             result.interrupted = True
             break
         batch = sources[start : start + batch_size]
-        pipe = redis.pipeline(transaction=False)
         planned: list[tuple[str, str]] = []
-        for src in batch:
-            new_id = new_delivery_id()
-            created = clock()
-            record = replay_record(src, new_id, created)
-            await script(
-                keys=[keys.delivery(new_id), keys.deliveries(src.subscription_id), keys.PENDING],
-                args=[dumps(record), ttl_s, created, new_id],
-                client=pipe,
-            )
-            planned.append((src.delivery_id, new_id))
-        try:
-            written = await pipe.execute()
-        except asyncio.CancelledError:
-            result.in_doubt.extend(planned)
-            result.interrupted = True
-            break
-        except Exception as exc:
-            result.in_doubt.extend(planned)
-            result.error = f"{type(exc).__name__}: {exc}"
-            break
+        # the context resets the pipeline whatever happens, so a dead connection is closed
+        # here and not reported by the garbage collector as an unclosed pipeline
+        async with redis.pipeline(transaction=False) as pipe:
+            for src in batch:
+                new_id = new_delivery_id()
+                created = clock()
+                record = replay_record(src, new_id, created)
+                await script(
+                    keys=[
+                        keys.delivery(new_id),
+                        keys.deliveries(src.subscription_id),
+                        keys.PENDING,
+                    ],
+                    args=[dumps(record), ttl_s, created, new_id],
+                    client=pipe,
+                )
+                planned.append((src.delivery_id, new_id))
+            try:
+                written = await pipe.execute()
+            except asyncio.CancelledError:
+                result.in_doubt.extend(planned)
+                result.interrupted = True
+                break
+            except Exception as exc:
+                result.in_doubt.extend(planned)
+                result.error = f"{type(exc).__name__}: {exc}"
+                break
         result.replayed.extend(p for p, ok in zip(planned, written, strict=True) if int(ok) == 1)
         if on_progress is not None:
             on_progress(len(result.replayed))

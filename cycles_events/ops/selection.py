@@ -62,6 +62,7 @@ class Selection:
     sources: list[Source] = field(default_factory=list)
     skipped: Counter[str] = field(default_factory=Counter)
     already: dict[str, str] = field(default_factory=dict)
+    inactive: dict[str, str] = field(default_factory=dict)  # only a dry run gets this far
     matched: int = 0
     scanned: int = 0
 
@@ -80,21 +81,33 @@ def _source(delivery_id: str, doc: JsonObject, created_ms: int | None) -> Source
     )
 
 
-async def _check_active(redis: Redis, subscription_ids: Sequence[str]) -> None:
+def inactive_message(subscription_id: str, status: str) -> str:
+    """Why a replay to a subscription that is not ACTIVE is refused, and what to do."""
+    return (
+        f"subscription {subscription_id} is {status}, not ACTIVE: nothing replayed "
+        f"(re-enable it first: cycles-events subscriptions enable {subscription_id})"
+    )
+
+
+async def _check_active(
+    redis: Redis, subscription_ids: Sequence[str], *, refuse: bool
+) -> dict[str, str]:
+    """Subscription id -> status of those not ACTIVE; with `refuse`, the first one fails."""
     names = list(dict.fromkeys(subscription_ids))
     if not names:
-        return
+        return {}
+    inactive: dict[str, str] = {}
     raws = await redis.mget([keys.subscription(s) for s in names])
     for sub_id, raw in zip(names, raws, strict=True):
         if raw is None:
             raise OpsError(f"subscription {sub_id} not found: nothing replayed")
         doc = load_record(raw)
-        status = doc.get("status") if doc is not None else "(unreadable record)"
+        status = str(doc.get("status")) if doc is not None else "(unreadable record)"
         if status != "ACTIVE":
-            raise OpsError(
-                f"subscription {sub_id} is {status}, not ACTIVE: nothing replayed "
-                f"(re-enable it first: cycles-events subscriptions enable {sub_id})"
-            )
+            if refuse:
+                raise OpsError(inactive_message(sub_id, status))
+            inactive[sub_id] = status
+    return inactive
 
 
 async def _replayed_sources(
@@ -152,8 +165,10 @@ async def _finish_selection(
             sel.sources.append(c)
 
 
-async def select_by_ids(redis: Redis, delivery_ids: Sequence[str], *, again: bool) -> Selection:
-    """Validate explicit delivery ids for replay; any unknown id fails the whole command."""
+async def select_by_ids(
+    redis: Redis, delivery_ids: Sequence[str], *, again: bool, dry_run: bool = False
+) -> Selection:
+    """Validate explicit ids for replay: one unknown id fails all; a dry run allows any status."""
     ids = list(dict.fromkeys(delivery_ids))
     raws = await redis.mget([keys.delivery(i) for i in ids])
     candidates: list[Source] = []
@@ -164,8 +179,10 @@ async def select_by_ids(redis: Redis, delivery_ids: Sequence[str], *, again: boo
         if doc is None or text(doc, "subscription_id") is None or text(doc, "event_id") is None:
             raise OpsError(f"delivery {delivery_id} is not a valid record: nothing replayed")
         candidates.append(_source(delivery_id, doc, None))
-    await _check_active(redis, [c.subscription_id for c in candidates])
-    sel = Selection(matched=len(candidates), scanned=len(candidates))
+    inactive = await _check_active(
+        redis, [c.subscription_id for c in candidates], refuse=not dry_run
+    )
+    sel = Selection(matched=len(candidates), scanned=len(candidates), inactive=inactive)
     await _finish_selection(redis, sel, candidates, again=again, explicit=True)
     return sel
 
@@ -176,10 +193,10 @@ async def select_by_subscription(
     flt: ReplayFilter,
     *,
     again: bool = False,
+    dry_run: bool = False,
 ) -> Selection:
     """The deliveries of a subscription matching `flt`, oldest first, not yet replayed."""
-    await _check_active(redis, [subscription_id])
-    sel = Selection()
+    sel = Selection(inactive=await _check_active(redis, [subscription_id], refuse=not dry_run))
     candidates: list[Source] = []
     until = flt.until_ms if flt.until_ms is not None else now_ms()  # not what arrives meanwhile
     async for chunk in index_chunks(redis, subscription_id, flt.since_ms, until):

@@ -44,4 +44,10 @@ async def test_bulk_replay_of_1000_failed_deliveries_is_delivered(
 
     again = await cli(redis_server.url, "replay", "--subscription", sub, "--reason", "http_5xx")
     assert again.code == 0, again.err
-    assert again.out.strip().endswith("replayed 0 of 0 deliveries (skipped: already_replayed 1000)")
+    lines = again.out.splitlines()
+    assert lines[0] == "replayed 0 of 0 deliveries (skipped: already_replayed 1000)"
+    assert lines[1].startswith("1000 sources were already replayed; --again replays them anyway")
+    for line in lines[2:7]:  # five pairs, each source with the replay written above
+        source, _, _, earlier = line.split()
+        assert pairs[source] == earlier
+    assert lines[7] == "  \u2026 and 995 more (--json lists every pair)"

@@ -11,6 +11,8 @@ from cycles_events.models import parse_instant_ms
 from cycles_events.opsutil import (
     REASONS,
     Progress,
+    delivery_reason,
+    ellipsize,
     failure_reason,
     format_age,
     mask_headers,
@@ -150,7 +152,46 @@ def test_progress_draws_only_on_a_terminal() -> None:
     bar.update(5, force=True)
     bar.close()
     assert plain.getvalue() == ""
-    assert Progress(4, plain).render(1, 1.0) == "[#######.......................] 1/4  25% 1/s"
+    assert (
+        Progress(4, plain).render(1, 1.0) == "[#######.......................] 1/4  25% 1/s eta 3s"
+    )
+
+
+def test_progress_has_rate_and_eta_and_fits_the_terminal() -> None:
+    bar = Progress(400, FakeTty(True), "replay")
+    wide = bar.render(120, 2.0, 120)
+    assert wide == "replay [#########.....................] 120/400  30% 60/s eta 4s"
+    assert bar.render(400, 8.0) == "replay [##############################] 400/400 100% 50/s in 8s"
+    assert bar.render(0, 0.0).endswith("0/400   0% 0/s eta -")
+    for columns in (60, 45, 30, 10):
+        line = bar.render(120, 2.0, columns)
+        assert len(line) < columns or "[" not in line  # the bar goes first, the numbers stay
+        assert line.endswith("120/400  30% 60/s eta 4s")
+
+
+def test_tables_fit_a_width_by_cutting_flexible_columns() -> None:
+    rows = [("del_0000000000000001", "HTTP 503 " + "x" * 80, "budget.exhausted")]
+    header = ("DELIVERY", "ERROR", "EVENT_TYPE")
+    whole = table(rows, header)
+    assert "x" * 80 in whole  # no width (not a terminal): nothing is cut
+    fitted = table(rows, header, width=60, flex=("ERROR",)).splitlines()
+    assert max(len(line) for line in fitted) <= 60
+    assert fitted[1].startswith("del_0000000000000001  HTTP 503 x") and "\u2026" in fitted[1]
+    assert fitted[1].endswith("budget.exhausted")
+    assert table(rows, header, width=200, flex=("ERROR",)) == whole
+    narrow = table(rows, header, width=10, flex=("ERROR",)).splitlines()
+    assert narrow[1].startswith("del_0000000000000001  HTTP 50\u2026")  # ids are never cut
+
+
+def test_ellipsize_and_delivery_reason() -> None:
+    assert ellipsize("short", 10) == "short"
+    assert ellipsize("a\nmulti   line error", 40) == "a multi line error"
+    assert ellipsize("x" * 61, 60) == "x" * 59 + "\u2026"
+    assert len(ellipsize("x" * 61, 60)) == 60
+    assert delivery_reason({"status": "FAILED", "error_message": "HTTP 503"}) == "http_5xx"
+    assert delivery_reason({"status": "RETRYING", "error_message": "Timeout"}) == "transport_error"
+    assert delivery_reason({"status": "SUCCESS", "error_message": "HTTP 503"}) is None
+    assert delivery_reason({"status": "PENDING"}) is None
 
 
 def test_replay_record_has_the_producer_shape() -> None:
