@@ -89,7 +89,6 @@ class App:
             interval_ms=settings.processing_recovery_interval_ms,
         )
         self.security = SecurityConfigRefresher(self.store, self.policy, self.metrics)
-        self.sampler = QueueSampler(self.store, self.metrics, self.clock)
         self.loops: dict[str, Callable[[], Awaitable[float]]] = {
             "claim-sweeper": self.sweeper.step,
             "retry-promoter": self.promoter.step,
@@ -102,7 +101,6 @@ class App:
                 delivery_ttl_days=settings.delivery_ttl_days,
                 clock=self.clock,
             ).step,
-            "queue-sampler": self.sampler.step,
             "clock-sync": ClockSync(self.store, self.clock).step,
         }
         self.tasks: dict[str, asyncio.Task[None]] = {}
@@ -122,6 +120,10 @@ class App:
             ),
             build_time=BUILD_TIME,
         )
+        self.sampler = QueueSampler(
+            self.store, self.metrics, self.clock, readiness=self.management.readiness
+        )
+        self.loops["queue-sampler"] = self.sampler.step
         self._stop = asyncio.Event()
         self._signals = 0
 

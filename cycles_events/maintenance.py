@@ -122,6 +122,7 @@ class ClaimSweeper:
         await self._heartbeat()
         now = time.monotonic()
         if self._quiet_until == math.inf:
+            await self.store.ping()  # Redis answers again (a heartbeat of no claims asks nothing)
             self._quiet_until = now + self.grace_s
             logs.info("claims_refreshed_after_outage", grace_s=round(self.grace_s, 2))
         due = now >= self._next_recovery and now >= self._quiet_until
@@ -200,16 +201,25 @@ class SecurityConfigRefresher:
 
 
 class QueueSampler:
-    """Samples queue depths into gauges on a timer (never on a scrape)."""
+    """Samples queue depths (and readiness) into gauges on a timer (never on a scrape)."""
 
-    def __init__(self, store: Store, metrics: Metrics, clock: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        metrics: Metrics,
+        clock: Callable[[], int],
+        readiness: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
         self.store = store
         self.metrics = metrics
         self.clock = clock
+        self.readiness = readiness
         self.interval_s = 5.0
 
     async def step(self) -> float:
         """Sample once."""
+        if self.readiness is not None:  # sets the ready gauge, probes or no probes
+            await self.readiness()
         d = await self.store.depths(self.clock())
         g = self.metrics.queue_depth
         g.labels("pending").set(d.pending)

@@ -269,6 +269,8 @@ class Metrics:
 
     def _child(self, metric: Counter | Histogram, *values: str) -> Any:
         """A labelled child, remembered: labels() takes a lock and builds a key every time."""
+        if not values:  # a family without labels (the tenant tag is off) is its own child
+            return metric
         key = (id(metric), values)
         child = self._children.get(key)
         if child is None:

@@ -201,10 +201,11 @@ class Store(RedisIO):
             keys.DELIVERY_PREFIX,
             keys.SUBSCRIPTION_PREFIX,
             keys.OUTBOX_TASK_PREFIX,
+            len(writes),
         ]
+        args += [w.delivery_id for w in writes]
         for w in writes:
             args += [
-                w.delivery_id,
                 w.token,
                 w.record,
                 w.retry_at_ms if w.retry_at_ms is not None else "",

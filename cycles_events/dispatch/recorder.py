@@ -232,15 +232,15 @@ class Recorder:
         if reply.status == "ok":
             if b.doc is not None:
                 self._known[b.write.subscription_id] = (b.new, b.doc)
-            self._report.written(o, b.merged)
             if o.retry_at_ms is not None:
                 self._retry_scheduled(o.retry_at_ms)
             if b.tasks:
                 self._staged([t.task_id for t in b.tasks])
             self._finish(o)
+            self._reported(lambda: self._report.written(o, b.merged), o)
         elif reply.status == "lost":
-            self._report.lost(o)
             self._finish(o)
+            self._reported(lambda: self._report.lost(o), o)
         elif reply.status == "conflict":
             p.rounds += 1
             if reply.current is None:  # the subscription is gone: the rest is written alone
@@ -256,6 +256,13 @@ class Recorder:
                 self._enqueue(p, first=True)
         else:
             self._stall(p, RuntimeError(reply.error or "the write failed"))
+
+    def _reported(self, report: Callable[[], None], outcome: Outcome) -> None:
+        """Count and log a settled outcome; a failure there never unsettles it."""
+        try:
+            report()
+        except Exception as exc:
+            self._faults.failed("report", exc, **ids(outcome))
 
     def _finish(self, outcome: Outcome) -> None:
         self._released(outcome.delivery_id)

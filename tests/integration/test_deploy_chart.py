@@ -905,3 +905,58 @@ def test_rendered_env_is_read_back_by_the_daemon_settings(chart: helm.Chart) -> 
     assert set(env) >= OPTIONAL_SETTINGS
     missing = set(Settings.model_fields) - {_field_for(n) for n in env} - set(NOT_IN_CHART)
     assert not missing, f"settings the chart does not expose: {sorted(missing)}"
+
+
+DASHBOARD = ROOT / "deploy" / "grafana" / "cycles-events.json"
+
+
+def test_grafana_dashboard_config_map(chart: helm.Chart) -> None:
+    """Off by default; when enabled, one ConfigMap with the sidecar label and the JSON as is."""
+    assert not [d for d in render(chart) if d["kind"] == "ConfigMap"]
+    assert not [d for d in render(chart, ALL_ON) if d["kind"] == "ConfigMap"]
+
+    docs = render(chart, {"grafanaDashboard": {"enabled": True}})
+    dashboard = by_kind(docs, "ConfigMap")
+    meta = dashboard["metadata"]
+    assert meta["name"] == f"{FULLNAME}-dashboard"
+    assert meta["namespace"] == NAMESPACE
+    assert meta["labels"]["grafana_dashboard"] == "1"
+    assert meta["labels"]["app.kubernetes.io/name"] == "cycles-events"
+    assert "annotations" not in meta
+    assert dashboard["data"] == {"cycles-events.json": DASHBOARD.read_text()}
+    for version in K8S_VERSIONS:
+        kubernetes_validate.validate(dashboard, version, strict=True)
+    report = helm.lint(CHART, {"grafanaDashboard": {"enabled": True}}, strict=True)
+    assert report["errors"] == []
+
+    custom = {
+        "enabled": True,
+        "namespace": "monitoring",
+        "labelKey": "example.com/dashboard",
+        "labelValue": "cycles",
+        "labels": {"team": "payments"},
+        "annotations": {"grafana_folder": "Cycles"},
+    }
+    meta = by_kind(render(chart, {"grafanaDashboard": custom}), "ConfigMap")["metadata"]
+    assert meta["namespace"] == "monitoring"
+    assert meta["labels"]["example.com/dashboard"] == "cycles"
+    assert "grafana_dashboard" not in meta["labels"]
+    assert meta["labels"]["team"] == "payments"
+    assert meta["annotations"] == {"grafana_folder": "Cycles"}
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"enabled": "true"},
+        {"labelKey": "two words"},
+        {"labelKey": ""},
+        {"labelValue": 1},
+        {"labelValue": "a b"},
+        {"namespace": "Monitoring"},
+        {"folder": "Cycles"},  # unknown key: annotations carry the sidecar's folder
+    ],
+)
+def test_grafana_dashboard_values_are_checked(chart: helm.Chart, values: dict[str, Any]) -> None:
+    with pytest.raises(helm.HelmValuesError):
+        render(chart, {"grafanaDashboard": values})

@@ -39,14 +39,24 @@ KNOWN_METRICS = {
     "cycles_webhook_dispatch_oldest_pending_age_seconds",
     "cycles_webhook_dispatch_in_flight",
     "cycles_webhook_dispatcher_ready",
+    "cycles_webhook_delivery_dead_lettered_total",
+    "cycles_webhook_dispatcher_event_dead_lettered_total",
+    "cycles_webhook_redis_errors_total",
+    "cycles_webhook_security_config_indeterminate_total",
+    "cycles_webhook_security_config_invalid_total",
 }
 REQUIRED_ALERTS = {
     "CyclesEventsDeliveryFailureRateHigh",
-    "CyclesEventsSubscriptionAutoDisabled",
+    "CyclesWebhookAutoDisabled",
     "CyclesEventsStaleDeliveries",
     "CyclesEventsDispatchBacklog",
     "CyclesEventsDispatcherNotReady",
     "CyclesEventsTargetDown",
+    "CyclesEventsQuarantineGrowing",
+    "CyclesEventsOutboxDeadLetters",
+    "CyclesEventsDispatchStuck",
+    "CyclesEventsRedisErrors",
+    "CyclesEventsSecurityConfigIndeterminate",
 }
 
 
@@ -188,6 +198,42 @@ MUTATIONS = [
     ),
     pytest.param('absent(up{job=~".*cycles-events.*"})\n          or\n', "", id="no-absent"),
     pytest.param("severity: critical", "severity: page", id="severity-label"),
+    pytest.param(
+        "          or\n          max by (namespace, job) (\n"
+        '            delta(cycles_webhook_dispatch_queue_depth{queue="failed"}[15m])\n'
+        "          ) > 0\n",
+        "",
+        id="quarantine-misses-a-growing-list",
+    ),
+    pytest.param(
+        "            cycles_webhook_delivery_dead_lettered_total\n"
+        "            unless cycles_webhook_delivery_dead_lettered_total offset 15m\n",
+        "            cycles_webhook_delivery_dead_lettered_total - 1\n",
+        id="quarantine-misses-new-series",
+    ),
+    pytest.param(
+        "            unless cycles_webhook_dispatcher_event_dead_lettered_total offset 15m\n",
+        "            unless cycles_webhook_dispatcher_event_dead_lettered_total offset 1m\n",
+        id="outbox-dead-letters-short-window",
+    ),
+    pytest.param("[5m])\n          ) > 0.9\n", "[5m])\n          ) > 0.4\n", id="stuck-slope"),
+    pytest.param(
+        "          ) > 0.9\n        for: 5m\n",
+        "          ) > 0.9\n        for: 10m\n",
+        id="stuck-for",
+    ),
+    pytest.param(
+        "(rate(cycles_webhook_redis_errors_total[5m])) > 0\n        for: 10m\n",
+        "(rate(cycles_webhook_redis_errors_total[5m])) > 0\n        for: 2m\n",
+        id="redis-errors-for",
+    ),
+    pytest.param(
+        "          or\n          sum by (namespace, job) (\n"
+        "            increase(cycles_webhook_security_config_invalid_total[5m])\n"
+        "          ) > 0\n",
+        "",
+        id="security-config-without-unusable-reads",
+    ),
 ]
 
 

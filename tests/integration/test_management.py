@@ -275,3 +275,14 @@ async def test_a_persistent_fault_turns_readiness_down_and_back_up(
     await admin.wait_status([delivery_id], {"SUCCESS"})
     assert (await get(app, "/actuator/health/readiness"))[0] == 200
     assert metric(app, "cycles_webhook_dispatch_errors_total") >= 1
+
+
+async def test_the_ready_gauge_is_set_without_any_probe(start_app: StartApp, redis: Redis) -> None:
+    app = await start_app()
+
+    async def ready() -> float:
+        return metric(app, "cycles_webhook_dispatcher_ready")
+
+    from tests.support import wait_until
+
+    await wait_until(ready, 1.0, timeout=10)  # set by the sampler: nothing asked for readiness
