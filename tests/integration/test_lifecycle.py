@@ -309,3 +309,32 @@ async def test_concurrent_admin_write_is_never_lost(
     await admin.wait_status(more, {"SUCCESS"})
     final = await admin.sub_record(sub)
     assert final["name"] == "final-admin-name" and final["consecutive_failures"] == 0
+
+
+async def test_failure_logs_carry_the_ids_to_tie_them_to_a_receiver(
+    start_app: StartApp,
+    admin: Admin,
+    receiver: Receiver,
+) -> None:
+    stream = io.StringIO()
+    logs.configure("INFO", stream)
+    await admin.security()
+    receiver.behaviours["/down"] = status(503)
+    sub = await admin.subscription(
+        receiver.url("/down"), retry_policy={**FAST_RETRY, "max_retries": 1}
+    )
+    event = await admin.event()
+    delivery_id = await admin.delivery(sub, event)
+    await start_app()
+    await admin.wait_status([delivery_id], {"FAILED"})
+    await asyncio.sleep(0.2)  # the log line follows the write
+    print("DBG", capsys.readouterr().out[:3000])
+    lines = [
+        json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")
+    ]
+    for action in ("delivery_retrying", "delivery_failed"):
+        (line,) = [
+            x for x in lines if x["action"] == action and x.get("delivery_id") == delivery_id
+        ]
+        assert line["subscription_id"] == sub and line["tenant_id"] == "acme"
+        assert line["event_id"] == event["event_id"] and line["reason"] == "http_5xx"
