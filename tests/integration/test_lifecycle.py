@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
+from cycles_events import logs
 from cycles_events.crypto import encrypt_secret
 from cycles_events.models import format_instant, parse_instant_ms
 from cycles_events.signing import sign
@@ -328,10 +330,7 @@ async def test_failure_logs_carry_the_ids_to_tie_them_to_a_receiver(
     await start_app()
     await admin.wait_status([delivery_id], {"FAILED"})
     await asyncio.sleep(0.2)  # the log line follows the write
-    print("DBG", capsys.readouterr().out[:3000])
-    lines = [
-        json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")
-    ]
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     for action in ("delivery_retrying", "delivery_failed"):
         (line,) = [
             x for x in lines if x["action"] == action and x.get("delivery_id") == delivery_id
