@@ -171,9 +171,27 @@ def _second_text(seconds: int) -> str:
 _EXACT = frozenset({str, int, bool, type(None)})
 
 
+def _plain(value: Any) -> bool:
+    """Whether orjson writes this value exactly as the standard library does."""
+    # it differs only on floats written with an exponent below 1e-4 (1e-05) and on non-finite
+    # floats (it writes null); integers past 64 bits and lone surrogates make it raise
+    kind = type(value)
+    if kind in _EXACT:
+        return True
+    if kind is float:
+        return math.isfinite(value) and "e" not in repr(value)
+    if kind is dict:
+        return all(type(k) is str and _plain(v) for k, v in value.items())
+    if kind is list:
+        return all(_plain(v) for v in value)
+    return False
+
+
 def dumps(obj: Any) -> str:
     """Compact JSON as the Java services write it (UTF-8, no spaces, field order kept)."""
-    if type(obj) is dict and all(type(v) in _EXACT for v in obj.values()):
+    if type(obj) is dict and (
+        all(type(v) in _EXACT for v in obj.values()) or _plain(obj)  # the flat case first
+    ):
         try:
             return orjson.dumps(obj).decode()
         except orjson.JSONEncodeError:  # an integer past 64 bits, a lone surrogate

@@ -222,6 +222,24 @@ def test_flat_records_are_written_byte_for_byte_as_before(doc: dict[str, Any]) -
     assert dumps(doc) == expected
 
 
+nested_records = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text() | st.floats(allow_nan=True),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=12,
+).filter(lambda v: isinstance(v, dict))
+
+
+@FAST
+@given(nested_records)
+def test_nested_records_are_written_byte_for_byte_as_the_standard_library(
+    doc: dict[str, Any],
+) -> None:
+    expected = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    assert dumps(doc) == expected
+
+
 @FAST
 @given(records)
 def test_delivery_parse_only_ever_raises_record_error(raw: bytes) -> None:
