@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 MAX_RESPONSE_BYTES = 64 * 1024
 MAX_HEADER_LINE = 8190
@@ -67,8 +67,7 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Keep the transport."""
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
         """Read what came, and answer the waiting request once its response is whole."""
