@@ -75,6 +75,7 @@ class App:
                 max_age_ms=settings.max_delivery_age_ms,
                 failed_max_len=settings.failed_max_len,
                 encryption_key=settings.encryption_key,
+                retry=settings.backoff,
             ),
             faults=self.faults,
             clock=self.clock,

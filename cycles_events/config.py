@@ -20,6 +20,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cycles_events import backoff
+
 _HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9-]{1,63})*")
 _DOTTED_NUMBERS = re.compile(r"[0-9.]+")
 
@@ -132,6 +134,28 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(
         25.0, ge=0, le=3600, validation_alias=_names("SHUTDOWN_GRACE_SECONDS")
     )
+    # Beyond the reference service, each off by default (contract section 9); a subscription's
+    # metadata can turn each on (or off) for itself.
+    retry_jitter: float = Field(0.0, ge=0, le=0.5, validation_alias=_names("DISPATCH_RETRY_JITTER"))
+    retry_honor_retry_after: bool = Field(
+        False, validation_alias=_names("DISPATCH_RETRY_HONOR_RETRY_AFTER")
+    )
+    retry_after_min_ms: int = Field(
+        1000, ge=0, le=3_600_000, validation_alias=_names("DISPATCH_RETRY_AFTER_MIN_MS")
+    )
+    retry_after_max_ms: int = Field(
+        3_600_000, ge=1000, le=86_400_000, validation_alias=_names("DISPATCH_RETRY_AFTER_MAX_MS")
+    )
+    retry_overload_floor_ms: int = Field(
+        0, ge=0, le=3_600_000, validation_alias=_names("DISPATCH_RETRY_OVERLOAD_FLOOR_MS")
+    )
+    disable_on_410: bool = Field(False, validation_alias=_names("DISPATCH_DISABLE_ON_410"))
+    standard_webhooks: bool = Field(
+        False, validation_alias=_names("WEBHOOK_STANDARD_HEADERS_ENABLED")
+    )
+    adaptive_concurrency: bool = Field(
+        False, validation_alias=_names("DISPATCH_ADAPTIVE_CONCURRENCY_ENABLED")
+    )
     log_level: str = Field("INFO", validation_alias=_names("LOG_LEVEL"))
     # Read only to warn: evidence signing is a Java feature this service does not do.
     evidence_server_id: str = Field("", validation_alias=_names("EVIDENCE_SERVER_ID"))
@@ -184,6 +208,8 @@ class Settings(BaseSettings):
                 "WEBHOOK_SECRET_ENCRYPTION_KEY: is required when "
                 "WEBHOOK_SECRET_ALLOW_PLAINTEXT=false"
             )
+        if self.retry_after_min_ms > self.retry_after_max_ms:
+            raise ValueError("DISPATCH_RETRY_AFTER_MIN_MS: is above DISPATCH_RETRY_AFTER_MAX_MS")
         if bool(self.redis_sentinel_master.strip()) != bool(self.redis_sentinel_nodes.strip()):
             raise ValueError("REDIS_SENTINEL_NODES: is needed with REDIS_SENTINEL_MASTER, and back")
         return self
@@ -215,6 +241,18 @@ class Settings(BaseSettings):
     def tls_redis(self) -> bool:
         """Whether the Redis connection uses TLS."""
         return self.redis_tls_enabled or self.redis_url.get_secret_value().startswith("rediss://")
+
+    @property
+    def backoff(self) -> backoff.Options:
+        """The deployment's retry options (a subscription's metadata may override them)."""
+        return backoff.Options(
+            jitter=self.retry_jitter,
+            honor_retry_after=self.retry_honor_retry_after,
+            retry_after_min_ms=self.retry_after_min_ms,
+            retry_after_max_ms=self.retry_after_max_ms,
+            overload_floor_ms=self.retry_overload_floor_ms,
+            disable_on_gone=self.disable_on_410,
+        )
 
     @property
     def sentinels(self) -> list[tuple[str, int]]:

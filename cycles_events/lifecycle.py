@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from cycles_events import backoff
 from cycles_events.models import (
     Delivery,
     JsonObject,
@@ -12,7 +13,7 @@ from cycles_events.models import (
     integer,
     text,
 )
-from cycles_events.retry import Kind, RetryPolicy, classify, parse_retry_after_ms
+from cycles_events.retry import Kind, RetryPolicy, classify
 
 DISABLE_REASON = "consecutive_failures_exceeded_threshold"
 
@@ -115,6 +116,7 @@ class SubscriptionChange(NamedTuple):
     success: bool
     at_ms: int
     delivery_id: str
+    disable_reason: str | None = None  # disable at once, whatever the count (410 Gone)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +125,7 @@ class MergeResult:
 
     disabled: bool = False
     previous_status: str | None = None
+    reason: str = DISABLE_REASON
 
 
 NO_EFFECT = MergeResult()
@@ -142,9 +145,11 @@ def merge_subscription(sub: JsonObject, change: SubscriptionChange) -> MergeResu
     threshold = max(1, integer(sub, "disable_after_failures", 10))
     status = sub.get("status")
     # "exceeds", as the protocol says and Java does since v0.1.25.24: the 11th failure of 10
-    if count > threshold and status in ("ACTIVE", "PAUSED"):
+    exceeded = count > threshold
+    if (exceeded or change.disable_reason) and status in ("ACTIVE", "PAUSED"):
         sub["status"] = "DISABLED"
-        return MergeResult(disabled=True, previous_status=str(status))
+        reason = DISABLE_REASON if exceeded else str(change.disable_reason)
+        return MergeResult(disabled=True, previous_status=str(status), reason=reason)
     return NO_EFFECT
 
 
@@ -157,6 +162,7 @@ class Attempt(NamedTuple):
     reason: str
     message: str | None
     retry_at_ms: int | None = None
+    disable_reason: str | None = None
 
 
 def after_attempt(
@@ -168,6 +174,7 @@ def after_attempt(
     elapsed_ms: int,
     retry_after: str | None,
     now_ms: int,
+    options: backoff.Options = backoff.OFF,
 ) -> Attempt:
     """Step 9: success, another try on the retry policy, or the end of the delivery."""
     attempts = delivery.attempts + 1
@@ -179,9 +186,17 @@ def after_attempt(
         )
         return Attempt(Kind.SUCCESS, record, attempts, outcome.reason, None)
     message = outcome.message or "delivery failed"
-    policy = RetryPolicy.from_subscription(subscription)
-    if outcome.kind is Kind.RETRYABLE and attempts <= policy.max_retries:
-        retry_at = now_ms + policy.delay_ms(attempts, parse_retry_after_ms(retry_after, now_ms))
+    decision = backoff.decide(
+        RetryPolicy.from_subscription(subscription),
+        attempts,
+        status=status,
+        error=error,
+        retry_after=retry_after,
+        now_ms=now_ms,
+        options=options,
+    )
+    if decision.action is backoff.Action.RETRY and decision.delay_ms is not None:
+        retry_at = now_ms + decision.delay_ms
         record = retrying(
             delivery,
             attempts=attempts,
@@ -194,4 +209,5 @@ def after_attempt(
     record = failed(
         delivery, now_ms, message, attempts=attempts, status=status, elapsed_ms=elapsed_ms
     )
-    return Attempt(Kind.PERMANENT, record, attempts, outcome.reason, message)
+    gone = decision.disable_reason
+    return Attempt(Kind.PERMANENT, record, attempts, outcome.reason, message, None, gone)

@@ -74,7 +74,13 @@ def _meta_event(
 
 
 def disabled_task(
-    sub: JsonObject, delivery: Delivery, event: JsonObject | None, previous: str, now_ms: int
+    sub: JsonObject,
+    delivery: Delivery,
+    event: JsonObject | None,
+    previous: str,
+    now_ms: int,
+    *,
+    reason: str = DISABLE_REASON,
 ) -> Task:
     """The webhook.disabled event staged when a subscription is auto-disabled."""
     tenant = text(sub, "tenant_id") or SYSTEM_TENANT
@@ -91,7 +97,7 @@ def disabled_task(
             "previous_status": previous,
             "new_status": "DISABLED",
             "changed_fields": [],
-            "disable_reason": DISABLE_REASON,
+            "disable_reason": reason,
         },
         now_ms=now_ms,
         delivery=delivery,

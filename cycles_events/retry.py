@@ -47,14 +47,12 @@ class RetryPolicy:
             max_delay_ms=int(_clamp(raw.get("max_delay_ms"), 60000, 1000, 3_600_000)),
         )
 
-    def delay_ms(self, attempts: int, retry_after_ms: int | None = None) -> int:
-        """min(initial * multiplier^(attempts-1), max), raised to a receiver's Retry-After."""
+    def delay_ms(self, attempts: int) -> int:
+        """min(initial * multiplier^(attempts-1), max): the contract's formula."""
         exponent = max(0, attempts - 1)
         delay = float(self.max_delay_ms)
         if exponent < 64:
             delay = min(self.initial_delay_ms * self.backoff_multiplier**exponent, delay)
-        if retry_after_ms is not None:
-            delay = max(delay, min(float(retry_after_ms), float(self.max_delay_ms)))
         return int(delay)
 
 

@@ -44,6 +44,7 @@ class Context(NamedTuple):
     message: str | None = None
     attempts: int = 0
     status: int | None = None
+    disable_reason: str | None = None  # disable the subscription at once (410 Gone, opted in)
 
 
 class Outcome(NamedTuple):
@@ -85,6 +86,7 @@ class Job:
         message: str | None = None,
         attempts: int = 0,
         status: int | None = None,
+        disable_reason: str | None = None,
     ) -> Context:
         """The context of its outcome."""
         d = self.delivery
@@ -99,4 +101,5 @@ class Job:
             message,
             attempts,
             status,
+            disable_reason,
         )

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from cycles_events import logs
+from cycles_events import backoff, logs
 from cycles_events.dispatch.claimer import Claimer
 from cycles_events.dispatch.counts import Counts
 from cycles_events.dispatch.gate import Gate
@@ -33,6 +33,7 @@ class DispatchOptions:
     max_age_ms: int = 86_400_000
     failed_max_len: int = 10_000
     encryption_key: bytes | None = None
+    retry: backoff.Options = backoff.OFF
 
 
 class Pipeline:
@@ -93,6 +94,7 @@ class Pipeline:
             concurrency=options.concurrency,
             clock=clock,
             to_record=self.recorder.submit,
+            retry_options=options.retry,
         )
         self.claimer = Claimer(
             store=store,

@@ -196,7 +196,9 @@ class Recorder:
                     doc = {} if raw == UNKNOWN else None  # unknown: learn it; unreadable: leave it
             merged: MergeResult | None = None
             if doc is not None:
-                change = SubscriptionChange(o.step is Step.SUCCESS, now, o.delivery_id)
+                change = SubscriptionChange(
+                    o.step is Step.SUCCESS, now, o.delivery_id, ctx.disable_reason
+                )
                 merged = merge_subscription(doc, change)
             tasks: tuple[Task, ...] = ()
             if o.step is Step.FAILED:
@@ -213,7 +215,10 @@ class Recorder:
                 tasks = (failed,)
                 if merged is not None and merged.disabled:
                     previous = merged.previous_status or "ACTIVE"
-                    tasks += (disabled_task(sub_now, ctx.delivery, ctx.event, previous, now),)
+                    gone = disabled_task(
+                        sub_now, ctx.delivery, ctx.event, previous, now, reason=merged.reason
+                    )
+                    tasks += (gone,)
             if doc is None:
                 out.append(_Built(p, base._replace(tasks=tasks), tasks=tasks))
                 continue

@@ -6,7 +6,7 @@ import time
 
 from cycles_events import logs
 from cycles_events.dispatch.outcomes import Context, Outcome, Step
-from cycles_events.lifecycle import DISABLE_REASON, MergeResult
+from cycles_events.lifecycle import MergeResult
 from cycles_events.metrics import Metrics
 from cycles_events.retry import status_family
 
@@ -62,10 +62,11 @@ class Report:
                 **ids(outcome),
             )
             if merged is not None and merged.disabled:
-                m.disabled(ctx.tenant, DISABLE_REASON)
+                m.disabled(ctx.tenant, merged.reason)
                 logs.warning(
                     "subscription_auto_disabled",
                     previous_status=merged.previous_status,
+                    disable_reason=merged.reason,
                     **ids(outcome),
                 )
         elif step is Step.STALE and ctx is not None:

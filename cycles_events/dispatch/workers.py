@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from cycles_events import USER_AGENT, lifecycle, logs
+from cycles_events import USER_AGENT, backoff, lifecycle, logs
 from cycles_events.dispatch.gate import Gate
 from cycles_events.dispatch.intake import ERROR_RETRY_DELAY_MS
 from cycles_events.dispatch.outcomes import Job, Outcome, Step
@@ -32,6 +32,7 @@ class Workers:
         concurrency: int,
         clock: Callable[[], int],
         to_record: Callable[[Outcome], None],
+        retry_options: backoff.Options = backoff.OFF,
     ) -> None:
         self._gate = gate
         self._sender = sender
@@ -40,6 +41,7 @@ class Workers:
         self._concurrency = concurrency
         self._clock = clock
         self._to_record = to_record
+        self._retry_options = retry_options
         self._tasks: set[asyncio.Task[None]] = set()
 
     def start(self) -> set[asyncio.Task[None]]:
@@ -107,12 +109,14 @@ class Workers:
             elapsed_ms=result.elapsed_ms,
             retry_after=result.retry_after,
             now_ms=now,
+            options=self._retry_options.for_subscription(job.subscription),
         )
         context = job.context(
             reason=attempt.reason,
             message=attempt.message,
             attempts=attempt.attempts,
             status=result.status,
+            disable_reason=attempt.disable_reason,
         )
         self._metrics.sent(job.tenant, context.event_type, attempt.reason, result.elapsed_ms / 1000)
         return Outcome(

@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 
+import pytest
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
@@ -118,21 +119,25 @@ async def test_retries_then_fails_then_auto_disables_with_events(
     )
 
 
+@pytest.mark.parametrize("honoured", [False, True])
 async def test_retrying_record_between_attempts(
-    start_app: StartApp, admin: Admin, receiver: Receiver, redis: Redis
+    start_app: StartApp, admin: Admin, receiver: Receiver, redis: Redis, honoured: bool
 ) -> None:
     await admin.security()
-    receiver.behaviours["/slow-down"] = status(429, {"Retry-After": "1"})
+    receiver.behaviours["/slow-down"] = status(429, {"Retry-After": "5"})
     sub = await admin.subscription(receiver.url("/slow-down"), retry_policy=FAST_RETRY)
     delivery_id = await admin.deliver(sub)
-    await start_app()
+    await start_app(DISPATCH_RETRY_HONOR_RETRY_AFTER=str(honoured).lower())
     (doc,) = await admin.wait_status([delivery_id], {"RETRYING"})
     assert doc["attempts"] == 1 and doc["response_status"] == 429
     assert doc["error_message"] == "HTTP 429"
     score = await redis.zscore("dispatch:retry", delivery_id)
     assert score == parse_instant_ms(doc["next_retry_at"])
-    # Retry-After (1 s) raised the policy's 100 ms first delay
-    assert score - parse_instant_ms(doc["attempted_at"]) >= 900
+    delay = score - parse_instant_ms(doc["attempted_at"])
+    if honoured:  # opted in: Retry-After (5 s) raised the policy's 100 ms first delay
+        assert delay >= 4900
+    else:  # by default, as the Java service: the contract's formula only
+        assert delay < 1000
 
 
 async def test_status_gate_and_missing_records(

@@ -1,0 +1,97 @@
+"""Receiver-aware delivery (issue 14), each behaviour opt-in, against real receivers; with
+everything off the daemon behaves as the Java service does."""
+
+from __future__ import annotations
+
+import json
+
+from redis.asyncio import Redis
+
+from cycles_events.models import parse_instant_ms
+from tests.integration.conftest import StartApp
+from tests.support import Admin, Receiver, status, wait_until
+
+FAST = {"max_retries": 3, "initial_delay_ms": 100, "backoff_multiplier": 1.0, "max_delay_ms": 1000}
+
+
+async def _events(redis: Redis, index: str) -> list[dict[str, object]]:
+    return [
+        json.loads(await redis.get(f"event:{e.decode()}")) for e in await redis.zrange(index, 0, -1)
+    ]
+
+
+async def test_410_gone_disables_at_once_when_opted_in(
+    start_app: StartApp, admin: Admin, receiver: Receiver, redis: Redis
+) -> None:
+    await admin.security()
+    receiver.behaviours["/gone"] = status(410)
+    opted = await admin.subscription(receiver.url("/gone"), retry_policy=FAST)
+    by_metadata = await admin.subscription(
+        receiver.url("/gone"), retry_policy=FAST, metadata={"disable_on_410": True}
+    )
+    default = await admin.subscription(receiver.url("/gone"), retry_policy=FAST, tenant="globex")
+    await start_app(DISPATCH_DISABLE_ON_410="true")
+    first = await admin.deliver(opted)
+    second = await admin.deliver(by_metadata)
+    docs = await admin.wait_status([first, second], {"FAILED"})
+    assert all(d["attempts"] == 1 and d["response_status"] == 410 for d in docs)
+    for sub in (opted, by_metadata):
+        doc = await admin.sub_record(sub)
+        assert doc["status"] == "DISABLED" and doc["consecutive_failures"] == 1
+    await wait_until(lambda: redis.zcard("events:acme"), 4)  # 2 delivered events, 2 disables
+    disabled = [
+        e for e in await _events(redis, "events:acme") if e["event_type"] == "webhook.disabled"
+    ]
+    assert len(disabled) == 2
+    assert {e["data"]["disable_reason"] for e in disabled} == {"endpoint_gone_http_410"}  # type: ignore[index]
+    # a subscription that opts out keeps the Java behaviour even when the setting is on
+    await redis.set(
+        f"webhook:{default}",
+        json.dumps({**(await admin.sub_record(default)), "metadata": {"disable_on_410": False}}),
+    )
+    kept = await admin.deliver(default, tenant="globex")
+    (doc,) = await admin.wait_status([kept], {"FAILED"}, timeout=20)
+    assert doc["attempts"] == 4  # retried like any 4xx, then failed
+    assert (await admin.sub_record(default))["status"] == "ACTIVE"
+
+
+async def test_an_overload_floor_and_retry_after_are_opt_in_per_subscription(
+    start_app: StartApp, admin: Admin, receiver: Receiver, redis: Redis
+) -> None:
+    await admin.security()
+    receiver.behaviours["/busy"] = status(429, {"Retry-After": "2"})
+    plain = await admin.subscription(receiver.url("/busy"), retry_policy=FAST)
+    floored = await admin.subscription(
+        receiver.url("/busy"), retry_policy=FAST, metadata={"retry_overload_floor_ms": 3000}
+    )
+    honouring = await admin.subscription(
+        receiver.url("/busy"), retry_policy=FAST, metadata={"retry_honor_retry_after": True}
+    )
+    ids = [await admin.deliver(s) for s in (plain, floored, honouring)]
+    await start_app()
+    docs = await admin.wait_status(ids, {"RETRYING"})
+    # from the delivery's creation (just before its first attempt) to its next attempt
+    delays = [
+        (parse_instant_ms(d["next_retry_at"]) or 0) - (parse_instant_ms(d["attempted_at"]) or 0)
+        for d in docs
+    ]
+    assert delays[0] < 1000  # the contract's formula: 100 ms
+    assert delays[1] >= 2900  # at least the floor after a 429
+    assert delays[2] >= 1900  # what the receiver asked for
+
+
+async def test_jitter_spreads_retries_that_failed_together(
+    start_app: StartApp, admin: Admin, receiver: Receiver, redis: Redis
+) -> None:
+    await admin.security()
+    receiver.behaviours["/down"] = status(503)
+    policy = {**FAST, "initial_delay_ms": 10_000, "max_delay_ms": 60_000}
+    sub = await admin.subscription(receiver.url("/down"), retry_policy=policy)
+    event = await admin.event()
+    ids = [await admin.delivery(sub, event) for _ in range(20)]
+    await start_app(DISPATCH_RETRY_JITTER="0.5")
+    await admin.wait_status(ids, {"RETRYING"})
+    scores = [await redis.zscore("dispatch:retry", d) for d in ids]
+    spread = max(scores) - min(scores)  # type: ignore[type-var,operator]
+    assert spread > 2000  # ±50% of 10 s, not all at once
+    assert all(s is not None for s in scores)
