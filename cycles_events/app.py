@@ -76,6 +76,7 @@ class App:
                 failed_max_len=settings.failed_max_len,
                 encryption_key=settings.encryption_key,
                 retry=settings.backoff,
+                standard_webhooks=settings.standard_webhooks,
             ),
             faults=self.faults,
             clock=self.clock,

@@ -65,6 +65,11 @@ def secret(subscription_id: str) -> str:
     return f"webhook:secret:{subscription_id}"
 
 
+def previous_secret(subscription_id: str) -> str:
+    """A rotated-out signing secret, kept (its TTL the grace period) for Standard Webhooks."""
+    return f"webhook:secret:{subscription_id}:previous"
+
+
 def outbox_task(task_id: str) -> str:
     """A staged meta-event of the outbox."""
     return f"{OUTBOX_TASK_PREFIX}{task_id}"

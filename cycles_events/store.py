@@ -44,6 +44,7 @@ class Related:
     events: dict[str, bytes | None]
     subscriptions: dict[str, bytes | None]
     secrets: dict[str, bytes | None]
+    previous_secrets: dict[str, bytes | None] = field(default_factory=dict)
     parsed: dict[bytes, JsonObject | None] = field(default_factory=dict)
 
 
@@ -181,6 +182,7 @@ class Store(RedisIO):
             [keys.event(e) for e in ev]
             + [keys.subscription(s) for s in subs]
             + [keys.secret(s) for s in subs]
+            + [keys.previous_secret(s) for s in subs]
         )
         if not names:
             return Related({}, {}, {})
@@ -189,7 +191,8 @@ class Store(RedisIO):
         return Related(
             events=dict(zip(ev, values[:n], strict=True)),
             subscriptions=dict(zip(subs, values[n : n + m], strict=True)),
-            secrets=dict(zip(subs, values[n + m :], strict=True)),
+            secrets=dict(zip(subs, values[n + m : n + 2 * m], strict=True)),
+            previous_secrets=dict(zip(subs, values[n + 2 * m :], strict=True)),
         )
 
     async def record(self, writes: Sequence[Write], failed_max_len: int) -> list[Reply]:

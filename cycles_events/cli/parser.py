@@ -25,7 +25,12 @@ from cycles_events.cli.groups import (
 )
 from cycles_events.cli.inspect import cmd_stats
 from cycles_events.cli.replay import cmd_replay
-from cycles_events.cli.secrets import cmd_encrypt_secret, cmd_keygen, cmd_verify
+from cycles_events.cli.secrets import (
+    cmd_encrypt_secret,
+    cmd_keygen,
+    cmd_receiver_secret,
+    cmd_verify,
+)
 
 REPLAY_DESCRIPTION = """\
 Replay deliveries: each replay is a NEW PENDING delivery of the same event to the same
@@ -176,6 +181,20 @@ def build_parser() -> argparse.ArgumentParser:
         'example: printf %s "$SECRET" | WEBHOOK_SECRET_ENCRYPTION_KEY=... '
         "cycles-events encrypt-secret",
         cmd_encrypt_secret,
+        json_opt=True,
+    )
+    subcommand(
+        sub,
+        "receiver-secret",
+        "the secret a Standard Webhooks receiver configures",
+        "Read a subscription's signing secret on stdin (as stored: plaintext, or enc: with the "
+        "configured key) and print the whsec_ + standard Base64 form that the Standard Webhooks "
+        "libraries (standardwebhooks, svix) expect, for the webhook-signature header sent when "
+        "WEBHOOK_STANDARD_HEADERS_ENABLED or the subscription's metadata.standard_webhooks is "
+        "on. The admin's whsec_ secrets are base64url, which those libraries do not read as such.",
+        "example: redis-cli GET webhook:secret:whsub_0a1b2c3d4e5f6071 | cycles-events "
+        "receiver-secret",
+        cmd_receiver_secret,
         json_opt=True,
     )
     vf = subcommand(

@@ -43,6 +43,27 @@ def cmd_encrypt_secret(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_receiver_secret(args: argparse.Namespace) -> int:
+    """Print the whsec_ form a receiver configures to verify Standard Webhooks signatures."""
+    from cycles_events.crypto import PREFIX, SecretError, decrypt_secret
+    from cycles_events.stdwebhooks import receiver_secret
+
+    if sys.stdin.isatty():
+        secret = getpass.getpass("signing secret (as stored, plaintext or enc:): ")
+    else:
+        secret = strip_newline(sys.stdin.read())
+    if not secret:
+        return fail("no secret on stdin")
+    if secret.startswith(PREFIX):
+        try:
+            secret = decrypt_secret(secret, load_settings().encryption_key)
+        except SecretError as exc:
+            return fail(str(exc))
+    form = receiver_secret(secret)
+    emit(args, {"standard_webhooks_secret": form}, form)
+    return EXIT_OK
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     """Check an X-Cycles-Signature against a body read on stdin."""
     from cycles_events.crypto import PREFIX, SecretError, decrypt_secret

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from cycles_events import boundary, lifecycle, logs
+from cycles_events import boundary, lifecycle, logs, stdwebhooks
 from cycles_events.connection import UNAVAILABLE
 from cycles_events.crypto import SecretError, decrypt_secret
 from cycles_events.dispatch.counts import Counts
@@ -44,6 +44,7 @@ class IntakeOptions:
 
     max_age_ms: int
     encryption_key: bytes | None
+    standard_webhooks: bool = False  # the deployment's default; a subscription may override
 
 
 class Intake:
@@ -242,7 +243,20 @@ class Intake:
             self._hold(d, token, hold_ctx, "missing_signing_secret", now + secret_hold_ms(age))
             return None
         assert ev_raw is not None
-        return Job(d, token, ev_raw, event, sub, secret, url.strip(), tenant)
+        standard: tuple[str, ...] = ()
+        if stdwebhooks.enabled_for(sub, self._opt.standard_webhooks):
+            previous = related.previous_secrets.get(d.subscription_id)
+            standard = tuple(stdwebhooks.secrets_in_force(secret, self._previous(d, previous)))
+        return Job(d, token, ev_raw, event, sub, secret, url.strip(), tenant, standard)
+
+    def _previous(self, d: Delivery, stored: bytes | None) -> str | None:
+        """A rotated-out secret still in its grace period; one that cannot be used is none."""
+        if stored is None:
+            return None
+        try:
+            return self._decrypt(d.subscription_id + ":previous", stored)
+        except SecretError:
+            return None
 
     def _hold(self, d: Delivery, token: str, ctx: Context, reason: str, until_ms: int) -> None:
         context = ctx._replace(reason=reason)

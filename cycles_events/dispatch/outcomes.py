@@ -72,6 +72,7 @@ class Job:
     secret: str
     url: str
     tenant: str | None
+    standard_secrets: tuple[str, ...] = ()  # the secrets of Standard Webhooks, when opted in
     since: float = 0.0  # when it started waiting at the gate (monotonic)
 
     @property

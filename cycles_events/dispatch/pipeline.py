@@ -34,6 +34,7 @@ class DispatchOptions:
     failed_max_len: int = 10_000
     encryption_key: bytes | None = None
     retry: backoff.Options = backoff.OFF
+    standard_webhooks: bool = False
 
 
 class Pipeline:
@@ -78,7 +79,9 @@ class Pipeline:
             counts=self.counts,
             metrics=metrics,
             policy=policy,
-            options=IntakeOptions(options.max_age_ms, options.encryption_key),
+            options=IntakeOptions(
+                options.max_age_ms, options.encryption_key, options.standard_webhooks
+            ),
             tasks=self.tasks,
             faults=faults,
             clock=clock,

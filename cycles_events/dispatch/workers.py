@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from cycles_events import USER_AGENT, backoff, lifecycle, logs
+from cycles_events import USER_AGENT, backoff, lifecycle, logs, stdwebhooks
 from cycles_events.dispatch.gate import Gate
 from cycles_events.dispatch.intake import ERROR_RETRY_DELAY_MS
 from cycles_events.dispatch.outcomes import Job, Outcome, Step
@@ -77,6 +77,12 @@ class Workers:
                 secret=job.secret,
                 user_agent=USER_AGENT,
             )
+            if job.standard_secrets:  # opted in: beside X-Cycles-Signature, never instead
+                for name in [n for n in headers if n.lower() in stdwebhooks.RESERVED]:
+                    del headers[name]
+                event_id = str(job.event.get("event_id") or d.event_id)
+                stamp = self._clock() // 1000
+                headers.update(stdwebhooks.headers(event_id, stamp, job.body, job.standard_secrets))
             result = await self._sender.post(job.url, job.body, headers)
         except asyncio.CancelledError:  # past the drain's grace: the claim stays for recovery
             self._gate.done(job)

@@ -231,3 +231,22 @@ async def test_stats_shows_claims_by_owner_and_the_outbox(
     assert 4 < data["outbox"]["oldest_age_s"] < 30
     assert "Java service" in text.out and "__orphan__" in text.out and "no owner yet" in text.out
     assert "outbox" in text.out and "dead letters 1" in text.out
+
+
+async def test_receiver_secret_prints_the_standard_webhooks_form(redis_server: RedisServer) -> None:
+    from cycles_events.crypto import encrypt_secret
+    from tests.support import KEY
+
+    secret = "whsec_Jm2cQy8lVb3sTqXo0rP1aK7eZ4uNw9dH5fGiLcRtYvE"
+    plain = await cli(redis_server.url, "receiver-secret", stdin=secret.encode())
+    stored = encrypt_secret(secret, KEY).encode()
+    encrypted = await cli(
+        redis_server.url,
+        "receiver-secret",
+        "--json",
+        stdin=stored,
+        WEBHOOK_SECRET_ENCRYPTION_KEY="AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+    )
+    assert plain.code == encrypted.code == 0, plain.err + encrypted.err
+    assert plain.out.strip() == secret + "="
+    assert json.loads(encrypted.out) == {"standard_webhooks_secret": secret + "="}

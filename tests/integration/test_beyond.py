@@ -95,3 +95,37 @@ async def test_jitter_spreads_retries_that_failed_together(
     spread = max(scores) - min(scores)  # type: ignore[type-var,operator]
     assert spread > 2000  # ±50% of 10 s, not all at once
     assert all(s is not None for s in scores)
+
+
+async def test_standard_webhooks_headers_verify_with_the_reference_libraries(
+    start_app: StartApp, admin: Admin, receiver: Receiver, redis: Redis
+) -> None:
+    from standardwebhooks.webhooks import Webhook
+    from svix.webhooks import Webhook as SvixWebhook
+
+    from cycles_events.signing import verify as verify_cycles
+    from cycles_events.stdwebhooks import receiver_secret
+
+    await admin.security()
+    current, previous = (
+        "whsec_Jm2cQy8lVb3sTqXo0rP1aK7eZ4uNw9dH5fGiLcRtYvE",
+        "whsec_old-secret_kept_1",
+    )
+    opted = await admin.subscription(
+        receiver.url("/std"), secret=current, encrypt=True, metadata={"standard_webhooks": True}
+    )
+    await redis.set(f"webhook:secret:{opted}:previous", previous, ex=3600)  # a rotation
+    plain = await admin.subscription(receiver.url("/plain"), secret=current)
+    ids = [await admin.deliver(opted), await admin.deliver(plain)]
+    await start_app()
+    await admin.wait_status(ids, {"SUCCESS"})
+    (std,) = receiver.for_path("/std")
+    (java_like,) = receiver.for_path("/plain")
+    headers = {k.lower(): v for k, v in std.headers.items()}
+    assert headers["webhook-id"] == headers["x-cycles-event-id"]
+    assert len(headers["webhook-signature"].split(" ")) == 2  # one per secret in force
+    for secret in (current, previous):  # a receiver verifies with either during the rotation
+        Webhook(receiver_secret(secret)).verify(std.body, headers)
+        SvixWebhook(receiver_secret(secret)).verify(std.body, headers)
+    assert verify_cycles(current, std.body, headers["x-cycles-signature"])  # still sent
+    assert not {"webhook-id", "webhook-signature"} & {k.lower() for k in java_like.headers}
