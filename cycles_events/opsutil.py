@@ -191,9 +191,11 @@ def terminal_width(stream: TextIO) -> int | None:
     if columns.isdigit() and int(columns) > 0:
         return int(columns)
     try:
-        return os.get_terminal_size(stream.fileno()).columns
+        width = os.get_terminal_size(stream.fileno()).columns
     except (AttributeError, ValueError, OSError):  # io.UnsupportedOperation is an OSError
-        return shutil.get_terminal_size().columns
+        width = 0
+    # a terminal that reports no size (a fresh pty, some CI runners) is taken as 80 wide
+    return width or shutil.get_terminal_size().columns or 80
 
 
 def _fit(widths: list[int], flex: Sequence[int], width: int) -> list[int]:
