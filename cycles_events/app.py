@@ -15,6 +15,7 @@ from cycles_events.dispatch.pipeline import DispatchOptions, Pipeline
 from cycles_events.maintenance import (
     ClaimSweeper,
     ClockSync,
+    LimitsSampler,
     OutboxLoop,
     QueueSampler,
     Retention,
@@ -77,6 +78,7 @@ class App:
                 encryption_key=settings.encryption_key,
                 retry=settings.backoff,
                 standard_webhooks=settings.standard_webhooks,
+                adaptive_concurrency=settings.adaptive_concurrency,
             ),
             faults=self.faults,
             clock=self.clock,
@@ -126,6 +128,9 @@ class App:
             self.store, self.metrics, self.clock, readiness=self.management.readiness
         )
         self.loops["queue-sampler"] = self.sampler.step
+        # always: a subscription's metadata may opt in when the setting is off
+        limits = LimitsSampler(self.store, self.metrics, self.pipeline.gate.limits)
+        self.loops["limits-sampler"] = limits.step
         self._stop = asyncio.Event()
         self._signals = 0
 

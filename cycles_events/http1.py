@@ -50,6 +50,7 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.deadline = 0.0  # loop time by which the request under way must be answered
+        self.received = False  # whether any byte of an answer came during this exchange
         self._buf = bytearray()
         self._waiter: asyncio.Future[Answer] | None = None
         self._reset()
@@ -75,6 +76,7 @@ class Connection(asyncio.Protocol):
         if waiter is None or waiter.done():  # bytes nobody asked for: the connection is spoiled
             self.close()
             return
+        self.received = True
         self._buf += data
         try:
             answer = self._feed()
@@ -112,6 +114,7 @@ class Connection(asyncio.Protocol):
         assert self.transport is not None
         self._reset()
         self._buf.clear()
+        self.received = False
         waiter: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._waiter = waiter
         self.transport.write(request)

@@ -70,6 +70,11 @@ def previous_secret(subscription_id: str) -> str:
     return f"webhook:secret:{subscription_id}:previous"
 
 
+# The adaptive limits held below the maximum, by subscription, as this fleet's instances last
+# wrote them (for `cycles-events subscriptions show`; expires when no instance writes it).
+CONCURRENCY_LIMITS = "cycles-events:concurrency-limits"
+
+
 def outbox_task(task_id: str) -> str:
     """A staged meta-event of the outbox."""
     return f"{OUTBOX_TASK_PREFIX}{task_id}"

@@ -11,6 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from cycles_events import keys, logs
+from cycles_events.adaptive import AdaptiveLimits
 from cycles_events.connection import UNAVAILABLE
 from cycles_events.metrics import Metrics
 from cycles_events.outbox import Publisher
@@ -228,6 +229,29 @@ class QueueSampler:
         g.labels("failed").set(d.failed)
         g.labels("outbox").set(d.outbox)
         self.metrics.oldest_pending_age.set(d.oldest_pending_age_s or 0.0)
+        return self.interval_s
+
+
+class LimitsSampler:
+    """Exports the adaptive per-subscription limits: gauges, and the lowest ones for the CLI."""
+
+    def __init__(self, store: Store, metrics: Metrics, limits: AdaptiveLimits) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.limits = limits
+        self.interval_s = 5.0
+
+    async def step(self) -> float:
+        """Sample once (nothing is written while no subscription adapts)."""
+        if not len(self.limits):
+            return self.interval_s
+        summary = self.limits.summary(lowest=100)
+        self.metrics.limited.set(summary.below_max)
+        for bound, count in summary.buckets:
+            self.metrics.limits.labels(str(bound)).set(count)
+        top = self.limits.maximum
+        lowest = {sub: f"{limit}/{top}" for sub, limit in summary.lowest}
+        await self.store.publish_limits(lowest, int(self.interval_s * 6000))
         return self.interval_s
 
 

@@ -241,6 +241,17 @@ class Metrics:
             "Redis commands that failed (connection lost, timeout)",
             registry=r,
         )
+        self.limited = Gauge(
+            "cycles_webhook_dispatch_concurrency_limited_subscriptions",
+            "Adaptive subscriptions held below DISPATCH_MAX_IN_FLIGHT_PER_SUBSCRIPTION",
+            registry=r,
+        )
+        self.limits = Gauge(
+            "cycles_webhook_dispatch_concurrency_limit_subscriptions",
+            "Adaptive subscriptions whose current in-flight limit is at most `le`",
+            ["le"],
+            registry=r,
+        )
         self.in_flight = Gauge(
             "cycles_webhook_dispatch_in_flight",
             "Webhook requests under way in this process (at most DISPATCH_CONCURRENCY)",

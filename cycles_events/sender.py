@@ -171,16 +171,29 @@ class Sender:
         pool = self._pool_for(policy)
         request = _request_head(target, headers, len(body)) + body
         conn: Connection | None = None
-        deadline = asyncio.get_running_loop().time() + self._total_timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._total_timeout
         try:
             conn = pool.take((target.scheme, target.host, target.port))
-            if conn is None:
-                async with asyncio.timeout(self._total_timeout):
-                    conn = await self._connect(target, policy)
-            # the watchdog ends the exchange at the deadline: a timer per request cost ~8% CPU
-            conn.deadline = deadline
-            self._in_flight.add(conn)
-            answer: Answer = await conn.exchange(request)
+            reused = conn is not None
+            for _ in range(2):
+                if conn is None:
+                    async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                        conn = await self._connect(target, policy)
+                # the watchdog ends the exchange at its deadline (a timer each cost ~8% CPU)
+                conn.deadline = deadline
+                self._in_flight.add(conn)
+                try:
+                    answer: Answer = await conn.exchange(request)
+                    break
+                except (ClosedEarly, ConnectionResetError, BrokenPipeError):
+                    if not reused or conn.received:
+                        raise
+                    # a kept connection the server had closed before reading the request:
+                    # sent again on a new one (nothing of it was answered, or read)
+                    self._in_flight.discard(conn)
+                    conn.close()
+                    conn, reused = None, False
         except UrlBlocked as exc:
             return SendResult(None, _ms(started), blocked=str(exc))
         except Exception as exc:  # every transport failure is an outcome, never a crash
@@ -191,6 +204,7 @@ class Sender:
         finally:
             if conn is not None:
                 self._in_flight.discard(conn)
+        assert conn is not None  # the loop ends with an answer on a connection, or raises
         if answer.reusable:
             pool.give_back(conn)
         else:

@@ -269,6 +269,15 @@ class Store(RedisIO):
         next_ms = int(float(_s(nxt)))
         return int(moved), (None if next_ms < 0 else next_ms), int(now)
 
+    async def publish_limits(self, limits: dict[str, str], ttl_ms: int) -> None:
+        """This instance's adaptive limits below the maximum, for the operator's CLI."""
+        pipe = self.redis.pipeline(transaction=False)
+        if limits:
+            mapping: dict[Any, Any] = dict(limits)
+            pipe.hset(keys.CONCURRENCY_LIMITS, mapping=mapping)
+        pipe.pexpire(keys.CONCURRENCY_LIMITS, ttl_ms)
+        await self._run(pipe.execute(raise_on_error=False))
+
     async def redis_uptime_s(self) -> int:
         """How long the Redis server has been up (a restart restores old claim times)."""
         info = await self._run(self.redis.info("server"))

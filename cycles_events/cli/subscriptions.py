@@ -125,6 +125,10 @@ def _show_text(report: dict[str, Any], now_ms: int) -> str:
             f"in no queue {queued['not_queued']}"
         )
     lines.append(f"  {'waiting deliveries':<22} {where}")
+    if report.get("concurrency_limit"):
+        lines.append(
+            f"  {'in-flight limit':<22} {report['concurrency_limit']} (adaptive, held down)"
+        )
     last = d["last_failure"]
     if last is not None:
         error = ellipsize(str(last.get("error_message") or last["reason"]), 80)

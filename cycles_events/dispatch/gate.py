@@ -7,6 +7,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from cycles_events.adaptive import AdaptiveLimits, Signal
 from cycles_events.dispatch.counts import Counts
 from cycles_events.dispatch.outcomes import Job, Outcome, Step
 
@@ -32,9 +33,11 @@ class Gate:
         clock: Callable[[], int],
         to_record: Callable[[Outcome], None],
         reload: Callable[[Job], None],
+        limits: AdaptiveLimits | None = None,
     ) -> None:
         self._counts = counts
         self._per_sub_max = per_subscription
+        self.limits = limits or AdaptiveLimits(per_subscription)
         self._clock = clock
         self._to_record = to_record
         self._reload = reload
@@ -56,7 +59,8 @@ class Gate:
             return
         sub = job.subscription_id
         n = self._per_sub.get(sub, 0)
-        if n < self._per_sub_max:
+        bound = self.limits.limit(sub) if job.adaptive else self._per_sub_max
+        if n < bound:
             self._per_sub[sub] = n + 1
             self._progress.setdefault(sub, time.monotonic())
             self._runnable.append(job)
@@ -90,10 +94,12 @@ class Gate:
             if not waiter.done():
                 waiter.cancel()
 
-    def done(self, job: Job) -> None:
+    def done(self, job: Job, latency_s: float = 0.0, signal: Signal | None = None) -> None:
         """A request ended: free its slots and give the subscription's to a waiting job."""
         self._counts.sending -= 1
         sub = job.subscription_id
+        if job.adaptive and signal is not None:
+            self.limits.on_result(sub, latency_s, signal)
         left = self._per_sub[sub] - 1
         if left <= 0:
             self._per_sub.pop(sub, None)
@@ -140,6 +146,8 @@ class Gate:
         if not queue:
             self._waiting.pop(sub, None)
             return
+        if queue[0].adaptive and self._per_sub.get(sub, 0) >= self.limits.limit(sub):
+            return  # its limit went down: the slot freed is not one it may use yet
         job = queue.popleft()
         self._counts.waiting -= 1
         if not queue:

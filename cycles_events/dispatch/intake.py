@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from cycles_events import boundary, lifecycle, logs, stdwebhooks
+from cycles_events import adaptive, boundary, lifecycle, logs, stdwebhooks
 from cycles_events.connection import UNAVAILABLE
 from cycles_events.crypto import SecretError, decrypt_secret
 from cycles_events.dispatch.counts import Counts
@@ -45,6 +45,7 @@ class IntakeOptions:
     max_age_ms: int
     encryption_key: bytes | None
     standard_webhooks: bool = False  # the deployment's default; a subscription may override
+    adaptive_concurrency: bool = False  # likewise
 
 
 class Intake:
@@ -247,7 +248,8 @@ class Intake:
         if stdwebhooks.enabled_for(sub, self._opt.standard_webhooks):
             previous = related.previous_secrets.get(d.subscription_id)
             standard = tuple(stdwebhooks.secrets_in_force(secret, self._previous(d, previous)))
-        return Job(d, token, ev_raw, event, sub, secret, url.strip(), tenant, standard)
+        adapts = adaptive.enabled_for(sub, self._opt.adaptive_concurrency)
+        return Job(d, token, ev_raw, event, sub, secret, url.strip(), tenant, standard, adapts)
 
     def _previous(self, d: Delivery, stored: bytes | None) -> str | None:
         """A rotated-out secret still in its grace period; one that cannot be used is none."""

@@ -73,6 +73,7 @@ class Job:
     url: str
     tenant: str | None
     standard_secrets: tuple[str, ...] = ()  # the secrets of Standard Webhooks, when opted in
+    adaptive: bool = False  # its subscription's bound adapts to how the receiver copes
     since: float = 0.0  # when it started waiting at the gate (monotonic)
 
     @property

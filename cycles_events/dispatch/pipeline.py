@@ -35,6 +35,7 @@ class DispatchOptions:
     encryption_key: bytes | None = None
     retry: backoff.Options = backoff.OFF
     standard_webhooks: bool = False
+    adaptive_concurrency: bool = False
 
 
 class Pipeline:
@@ -80,7 +81,10 @@ class Pipeline:
             metrics=metrics,
             policy=policy,
             options=IntakeOptions(
-                options.max_age_ms, options.encryption_key, options.standard_webhooks
+                options.max_age_ms,
+                options.encryption_key,
+                options.standard_webhooks,
+                options.adaptive_concurrency,
             ),
             tasks=self.tasks,
             faults=faults,

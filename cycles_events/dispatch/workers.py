@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from cycles_events import USER_AGENT, backoff, lifecycle, logs, stdwebhooks
+from cycles_events import USER_AGENT, adaptive, backoff, lifecycle, logs, stdwebhooks
 from cycles_events.dispatch.gate import Gate
 from cycles_events.dispatch.intake import ERROR_RETRY_DELAY_MS
 from cycles_events.dispatch.outcomes import Job, Outcome, Step
@@ -93,7 +93,11 @@ class Workers:
             return
         # The request is over: the worker and the subscription's slot go on to the next job
         # while this outcome waits for its write (the claim stays ours until then).
-        self._gate.done(job)
+        if result.blocked is None:
+            signal = adaptive.signal_of(result.status, result.error)
+            self._gate.done(job, result.elapsed_ms / 1000, signal)
+        else:
+            self._gate.done(job)
         try:
             self._to_record(self._outcome(job, result))
         except Exception as exc:

@@ -168,7 +168,8 @@ async def show_subscription(
     pipe.get(keys.subscription(subscription_id))
     pipe.get(keys.secret(subscription_id))
     pipe.zcard(keys.deliveries(subscription_id))
-    raw, secret, indexed = await pipe.execute()
+    pipe.hget(keys.CONCURRENCY_LIMITS, subscription_id)
+    raw, secret, indexed, limit = await pipe.execute()
     if raw is None and not indexed:
         raise OpsError(f"subscription {subscription_id} not found")
     doc = load_record(raw)
@@ -192,6 +193,8 @@ async def show_subscription(
         "subscription_id": subscription_id,
         "subscription": subscription_summary(doc, secret) if doc is not None else None,
         "window": {"since": format_instant(since_ms), "until": format_instant(until_ms)},
+        # held below the maximum by the adaptive limit of an instance, when one is (limit/max)
+        "concurrency_limit": limit.decode() if limit is not None else None,
         "deliveries": {
             "indexed_total": backlog.indexed_total,
             "in_window": backlog.scanned,

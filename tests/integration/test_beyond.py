@@ -3,13 +3,16 @@ everything off the daemon behaves as the Java service does."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections import Counter
 
+from aiohttp import web
 from redis.asyncio import Redis
 
 from cycles_events.models import parse_instant_ms
 from tests.integration.conftest import StartApp
-from tests.support import Admin, Receiver, status, wait_until
+from tests.support import Admin, Behaviour, Receiver, metric, status, wait_until
 
 FAST = {"max_retries": 3, "initial_delay_ms": 100, "backoff_multiplier": 1.0, "max_delay_ms": 1000}
 
@@ -129,3 +132,60 @@ async def test_standard_webhooks_headers_verify_with_the_reference_libraries(
         SvixWebhook(receiver_secret(secret)).verify(std.body, headers)
     assert verify_cycles(current, std.body, headers["x-cycles-signature"])  # still sent
     assert not {"webhook-id", "webhook-signature"} & {k.lower() for k in java_like.headers}
+
+
+def _fragile(limit: int, counts: dict[str, int]) -> Behaviour:
+    """A receiver that takes 40 ms, and answers 503 above `limit` requests at once."""
+    busy = {"now": 0}
+
+    async def respond(request: web.Request) -> web.StreamResponse:
+        busy["now"] += 1
+        try:
+            if busy["now"] > limit:
+                counts["503"] += 1
+                return web.Response(status=503)
+            await asyncio.sleep(0.04)
+            counts["200"] += 1
+            return web.Response(status=200)
+        finally:
+            busy["now"] -= 1
+
+    return respond
+
+
+async def test_adaptive_concurrency_fails_fewer_attempts_on_a_fragile_receiver(
+    start_app: StartApp, admin: Admin, receiver: Receiver, redis: Redis
+) -> None:
+    await admin.security()
+    fixed_counts, adaptive_counts = Counter[str](), Counter[str]()
+    receiver.behaviours["/fixed"] = _fragile(2, fixed_counts)
+    receiver.behaviours["/adaptive"] = _fragile(2, adaptive_counts)
+    policy = {
+        "max_retries": 10,
+        "initial_delay_ms": 100,
+        "backoff_multiplier": 1.0,
+        "max_delay_ms": 1000,
+    }
+    fixed = await admin.subscription(receiver.url("/fixed"), retry_policy=policy)
+    adapting = await admin.subscription(
+        receiver.url("/adaptive"), retry_policy=policy, metadata={"adaptive_concurrency": True}
+    )
+    event = await admin.event()
+    fixed_ids = [await admin.delivery(fixed, event) for _ in range(60)]
+    adaptive_ids = [await admin.delivery(adapting, event) for _ in range(60)]
+    app = await start_app(DISPATCH_MAX_IN_FLIGHT_PER_SUBSCRIPTION=8)
+
+    async def halfway() -> bool:
+        return adaptive_counts["200"] >= 30
+
+    await wait_until(halfway, True, timeout=30)
+    limit = app.pipeline.gate.limits.limit(adapting)
+    await app.loops["limits-sampler"]()  # what the gauges and `subscriptions show` see
+    assert 1 <= limit <= 6, limit  # held down towards what the receiver takes (2), not at 8
+    assert metric(app, "cycles_webhook_dispatch_concurrency_limited_subscriptions") == 1
+    assert await redis.hget("cycles-events:concurrency-limits", adapting) is not None
+    assert await redis.hget("cycles-events:concurrency-limits", fixed) is None
+    await admin.wait_status(adaptive_ids, {"SUCCESS"}, timeout=60)
+    await admin.wait_status(fixed_ids, {"SUCCESS", "FAILED"}, timeout=60)
+    assert adaptive_counts["200"] == 60  # every one delivered, well inside its retry policy
+    assert adaptive_counts["503"] * 3 < fixed_counts["503"], (adaptive_counts, fixed_counts)

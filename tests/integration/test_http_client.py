@@ -360,3 +360,36 @@ async def test_user_info_is_basic_auth_unless_a_custom_authorization_header_is_s
     first, second = server.requests
     assert b"Authorization: Basic dTpw\r\n" in first and first.startswith(b"POST /hook HTTP/1.1")
     assert b"Authorization: Bearer t\r\n" in second and b"Basic" not in second
+
+
+async def test_a_kept_connection_closed_by_the_server_is_replaced_not_failed() -> None:
+    """The server drops an idle keep-alive connection as the next request reaches it."""
+    from tests.dns_support import read_request
+
+    async def answer_once(
+        server: RawServer, r: asyncio.StreamReader, w: asyncio.StreamWriter
+    ) -> None:
+        request = await read_request(r)
+        if request is None:
+            return
+        server.requests.append(request[0])
+        if server.connections == 1:  # the first connection answers once, then dies unanswered
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            await w.drain()
+            await read_request(r)
+            w.transport.abort()
+            return
+        w.write(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+        await w.drain()
+        await r.read()
+
+    server = await RawServer(answer_once).start()
+    sender = await new_sender()
+    try:
+        assert (await sender.post(server.url(), b"{}", {})).status == 200
+        again = await sender.post(server.url(), b"{}", {})
+        assert (again.status, again.error) == (201, None)
+        assert server.connections == 2
+    finally:
+        await sender.close()
+        await server.stop()
