@@ -57,6 +57,7 @@ class App:
             self.store,
             poll_interval_ms=settings.retry_poll_interval_ms,
             batch_size=settings.retry_batch_size,
+            clock=self.clock,
         )
         self.publisher = Publisher(
             OutboxStore(self.redis, self.redis_state),
@@ -79,12 +80,14 @@ class App:
                 retry=settings.backoff,
                 standard_webhooks=settings.standard_webhooks,
                 adaptive_concurrency=settings.adaptive_concurrency,
+                first_attempt_share=settings.first_attempt_share,
             ),
             faults=self.faults,
             clock=self.clock,
             retry_scheduled=self.promoter.notify,
             staged=self.publisher.soon,
         )
+        self.promoter.lane = self.pipeline.retry_lane
         self.sweeper = ClaimSweeper(
             self.store,
             self.pipeline.heartbeat,

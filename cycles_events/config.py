@@ -153,6 +153,9 @@ class Settings(BaseSettings):
     standard_webhooks: bool = Field(
         False, validation_alias=_names("WEBHOOK_STANDARD_HEADERS_ENABLED")
     )
+    first_attempt_share: float = Field(
+        0.0, ge=0, le=0.9, validation_alias=_names("DISPATCH_FIRST_ATTEMPT_SHARE")
+    )
     adaptive_concurrency: bool = Field(
         False, validation_alias=_names("DISPATCH_ADAPTIVE_CONCURRENCY_ENABLED")
     )

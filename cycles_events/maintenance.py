@@ -47,13 +47,31 @@ async def forever(name: str, step: Callable[[], Awaitable[float]], faults: Fault
             await asyncio.sleep(delay)
 
 
-class RetryPromoter:
-    """Moves due retries to pending within a fraction of a second of their due time."""
+LANE_FULL_RECHECK_MS = 50
 
-    def __init__(self, store: Store, *, poll_interval_ms: int, batch_size: int) -> None:
+
+class RetryPromoter:
+    """Moves due retries to pending within a fraction of a second of their due time.
+
+    With a retry lane (`lane`), due retries are claimed by this process straight from
+    dispatch:retry instead, as far as the lane has room, so that they never queue in pending
+    ahead of first attempts.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        poll_interval_ms: int,
+        batch_size: int,
+        lane: Callable[[int], Awaitable[tuple[int, int, bool]]] | None = None,
+        clock: Callable[[], int] = lambda: int(time.time() * 1000),
+    ) -> None:
         self.store = store
+        self.clock = clock
         self.poll_interval_ms = poll_interval_ms
         self.batch_size = batch_size
+        self.lane = lane
         self._wake_at = math.inf
         self._wake = asyncio.Event()
 
@@ -66,14 +84,25 @@ class RetryPromoter:
     async def step(self) -> float:
         """Promote what is due, then sleep until the next due retry (or a sooner notify)."""
         self._wake.clear()  # before the round trip: a notify during it is kept, not erased
-        moved, next_due, now = await self.store.promote(self.batch_size)
+        full = False
+        if self.lane is not None:
+            moved, now, room = await self.lane(self.batch_size)
+            full = not room
+            next_due = (
+                None if full or moved >= self.batch_size else await self.store.next_retry_ms()
+            )
+            now = now or self.clock()
+        else:
+            moved, next_due, now = await self.store.promote(self.batch_size)
         if moved:
-            logs.debug("retries_promoted", count=moved)
+            logs.debug("retries_promoted", count=moved, lane=self.lane is not None)
         if moved >= self.batch_size:
             return 0.0
         wake = now + self.poll_interval_ms
         if next_due is not None:
             wake = min(wake, next_due)
+        if full:  # the lane is full: look again as soon as some of it frees
+            wake = min(wake, now + LANE_FULL_RECHECK_MS)
         self._wake_at = min(self._wake_at, wake) if self._wake.is_set() else wake
         delay = max(0.0, (self._wake_at - now) / 1000)
         with contextlib.suppress(TimeoutError):

@@ -132,18 +132,24 @@ class Store(RedisIO):
         seconds, micros = await self._run(self.redis.time())
         return seconds * 1000 + micros // 1000, (before + time.monotonic()) / 2
 
-    async def claim(self, limit: int, token: str) -> Claimed:
-        """Claim up to `limit` ids with their records (idempotent for one token)."""
+    async def claim(self, limit: int, token: str, *, due: bool = False) -> Claimed:
+        """Claim up to `limit` ids of pending (or due retries) with records; idempotent by token."""
         ids, dups, records, now = await self._run(
             self._claim(
                 keys=[
-                    keys.PENDING,
+                    keys.RETRY if due else keys.PENDING,
                     keys.PROCESSING,
                     keys.CLAIMED_AT,
                     keys.CLAIM_OWNER,
                     keys.claim_reply(token),
                 ],
-                args=[limit, token, keys.DELIVERY_PREFIX, CLAIM_REPLY_TTL_MS],
+                args=[
+                    limit,
+                    token,
+                    keys.DELIVERY_PREFIX,
+                    CLAIM_REPLY_TTL_MS,
+                    "due" if due else "pending",
+                ],
             )
         )
         return Claimed([_s(i) for i in ids], _bytes_list(records), int(dups), int(now))
@@ -277,6 +283,11 @@ class Store(RedisIO):
             pipe.hset(keys.CONCURRENCY_LIMITS, mapping=mapping)
         pipe.pexpire(keys.CONCURRENCY_LIMITS, ttl_ms)
         await self._run(pipe.execute(raise_on_error=False))
+
+    async def next_retry_ms(self) -> int | None:
+        """When the earliest retry is due."""
+        first = await self._run(self.redis.zrange(keys.RETRY, 0, 0, withscores=True))
+        return int(first[0][1]) if first else None
 
     async def redis_uptime_s(self) -> int:
         """How long the Redis server has been up (a restart restores old claim times)."""

@@ -38,6 +38,7 @@ class Claimer:
         pending_timeout_s: float,
         to_intake: Callable[[Sequence[str], str, Sequence[bytes | None] | None], None],
         to_record: Callable[[Outcome], None],
+        retry_lane: int = 0,
     ) -> None:
         self._store = store
         self._counts = counts
@@ -55,6 +56,9 @@ class Claimer:
         self.blocking = False  # waiting on an empty queue (the one wait a stop cuts short)
         self._unanswered: str | None = None  # a CLAIM token whose reply was lost
         self._unadopted: tuple[str, str] | None = None  # an id moved by BLMOVE, not yet adopted
+        self._retry_lane = retry_lane  # retries claimed straight from dispatch:retry, at most
+        self._lane_held: set[str] = set()
+        self._lane_unanswered: str | None = None
 
     @property
     def owner_prefix(self) -> str:
@@ -73,6 +77,23 @@ class Claimer:
     def released(self, delivery_id: str) -> None:
         """A claim ended (written, or recovered by someone else)."""
         self.held.pop(delivery_id, None)
+        self._lane_held.discard(delivery_id)
+
+    async def claim_due(self, limit: int) -> tuple[int, int, bool]:
+        """The retry lane: due retries claimed from dispatch:retry: (claimed, now ms, had room)."""
+        room = min(limit, self._counts.room(), self._retry_lane - len(self._lane_held))
+        if room <= 0 or not self.accepting:
+            return 0, 0, False
+        token = self._lane_unanswered or self._token()
+        self._lane_unanswered = token
+        claimed = await self._store.claim(room, token, due=True)
+        self._lane_unanswered = None
+        if claimed.duplicates:
+            self._metrics.dropped.labels("duplicate_claim").inc(claimed.duplicates)
+        if claimed.ids:
+            self._lane_held.update(claimed.ids)
+            self._accept(claimed, token)
+        return len(claimed.ids), claimed.now_ms, True
 
     async def heartbeat(self) -> int:
         """Refresh the claim times of everything this process holds."""

@@ -34,6 +34,7 @@ class Gate:
         to_record: Callable[[Outcome], None],
         reload: Callable[[Job], None],
         limits: AdaptiveLimits | None = None,
+        retry_workers: int | None = None,
     ) -> None:
         self._counts = counts
         self._per_sub_max = per_subscription
@@ -41,7 +42,13 @@ class Gate:
         self._clock = clock
         self._to_record = to_record
         self._reload = reload
-        self._runnable: deque[Job] = deque()
+        self._runnable: deque[Job] = deque()  # first attempts (everything, without a retry lane)
+        # With a retry lane, retries wait apart and at most `retry_workers` of them are sent at
+        # once: the rest of the pool is kept for first attempts, so a retry backlog never
+        # makes a fresh delivery wait behind it.
+        self._retries: deque[Job] = deque()
+        self._retry_workers = retry_workers
+        self._sending_retries = 0
         self._waiting: dict[str, deque[Job]] = {}
         self._per_sub: dict[str, int] = {}  # subscription -> runnable + sending
         self._progress: dict[str, float] = {}  # subscription -> last send start or end
@@ -63,9 +70,14 @@ class Gate:
         if n < bound:
             self._per_sub[sub] = n + 1
             self._progress.setdefault(sub, time.monotonic())
-            self._runnable.append(job)
             self._counts.runnable += 1
-            self._wake_one()
+            if self._retry_workers is not None and job.delivery.attempts > 0:
+                self._retries.append(job)
+                if self._sending_retries < self._retry_workers:
+                    self._wake_one()
+            else:
+                self._runnable.append(job)
+                self._wake_one()
             return
         queue = self._waiting.setdefault(sub, deque())
         if self._stuck(sub) and len(queue) >= self._stuck_queue:
@@ -77,9 +89,15 @@ class Gate:
 
     def take(self) -> Job | None:
         """The next runnable job for a worker (its request starts now), if any."""
-        if not self._runnable or not self.open:
+        if not self.open:
             return None
-        job = self._runnable.popleft()
+        if self._runnable:
+            job = self._runnable.popleft()
+        elif self._retries and self._sending_retries < (self._retry_workers or 0):
+            job = self._retries.popleft()
+            self._sending_retries += 1
+        else:
+            return None
         self._counts.runnable -= 1
         self._counts.sending += 1
         return job
@@ -97,6 +115,10 @@ class Gate:
     def done(self, job: Job, latency_s: float = 0.0, signal: Signal | None = None) -> None:
         """A request ended: free its slots and give the subscription's to a waiting job."""
         self._counts.sending -= 1
+        if self._retry_workers is not None and job.delivery.attempts > 0:
+            self._sending_retries -= 1
+            if self._retries:
+                self._wake_one()
         sub = job.subscription_id
         if job.adaptive and signal is not None:
             self.limits.on_result(sub, latency_s, signal)
@@ -112,8 +134,8 @@ class Gate:
 
     def nudge(self) -> None:
         """The safety net for a lost wake-up, and the relief of stuck subscriptions' overflow."""
-        if self._runnable:
-            self._wake(len(self._runnable))
+        if self._runnable or self._retries:
+            self._wake(len(self._runnable) + len(self._retries))
         for sub, queue in list(self._waiting.items()):
             while len(queue) > self._stuck_queue and self._stuck(sub):
                 job = queue.pop()
@@ -130,10 +152,10 @@ class Gate:
                 self._counts.waiting -= 1
                 self._release(queue.popleft())
         self._waiting.clear()
-        while self._runnable:
-            job = self._runnable.popleft()
-            self._counts.runnable -= 1
-            self._release(job)
+        for runnable in (self._runnable, self._retries):
+            while runnable:
+                self._counts.runnable -= 1
+                self._release(runnable.popleft())
         self._wake(len(self._idle))
 
     def _stuck(self, sub: str) -> bool:

@@ -36,6 +36,7 @@ class DispatchOptions:
     retry: backoff.Options = backoff.OFF
     standard_webhooks: bool = False
     adaptive_concurrency: bool = False
+    first_attempt_share: float = 0.0  # > 0: the retry lane, this share of workers kept fresh
 
 
 class Pipeline:
@@ -68,8 +69,11 @@ class Pipeline:
             retry_scheduled=retry_scheduled,
             staged=staged,
         )
+        share = options.first_attempt_share
+        retry_workers = max(1, int(options.concurrency * (1 - share))) if share > 0 else None
         self.gate = Gate(
             counts=self.counts,
+            retry_workers=retry_workers,
             per_subscription=options.per_subscription,
             clock=clock,
             to_record=self.recorder.submit,
@@ -112,7 +116,9 @@ class Pipeline:
             pending_timeout_s=options.pending_timeout_s,
             to_intake=self.intake.take,
             to_record=self.recorder.submit,
+            retry_lane=2 * retry_workers if retry_workers is not None else 0,
         )
+        self.retry_lane = self.claimer.claim_due if retry_workers is not None else None
         metrics.in_flight.set_function(lambda: self.counts.sending)
 
     @property

@@ -1,14 +1,18 @@
--- CLAIM: take up to ARGV[1] ids from the right (oldest) end of dispatch:pending.
--- KEYS[1] dispatch:pending, KEYS[2] dispatch:processing, KEYS[3] dispatch:processing:claimed_at,
--- KEYS[4] dispatch:processing:claim_owner, KEYS[5] this claim's reply key
+-- CLAIM: take up to ARGV[1] ids from the right (oldest) end of dispatch:pending, or (ARGV[5]
+-- 'due') the earliest due ids of dispatch:retry, straight into claims (the retry lane).
+-- KEYS[1] dispatch:pending (or dispatch:retry), KEYS[2] dispatch:processing,
+-- KEYS[3] dispatch:processing:claimed_at, KEYS[4] dispatch:processing:claim_owner,
+-- KEYS[5] this claim's reply key
 -- reads delivery:{id} (ARGV[3] .. id) of each id it claims
--- ARGV[1] max ids, ARGV[2] claim token, ARGV[3] delivery key prefix, ARGV[4] reply TTL ms
+-- ARGV[1] max ids, ARGV[2] claim token, ARGV[3] delivery key prefix, ARGV[4] reply TTL ms,
+-- ARGV[5] 'pending' or 'due'
 -- Returns {ids, duplicates dropped, their records (false: missing or not a string), now ms}.
 -- An id held by another live claimant is a concurrent duplicate: dropped, never sent twice. An
 -- owner '__orphan__' (Java's recovery mark) is free to take. The same call again (a retry after
 -- a lost reply) returns the same claim instead of taking more.
 --@lib
-local bad = wrong(KEYS[1], 'list', KEYS[2], 'list', KEYS[3], 'zset', KEYS[4], 'hash')
+local due = ARGV[5] == 'due'
+local bad = wrong(KEYS[1], due and 'zset' or 'list', KEYS[2], 'list', KEYS[3], 'zset', KEYS[4], 'hash')
 if bad then return wrongtype_reply(bad) end
 local now = now_ms()
 local function records(ids)
@@ -22,11 +26,18 @@ if done then
   local ids = cmsgpack.unpack(done)
   return {ids, 0, records(ids), now}
 end
-local listed = redis.call('LRANGE', KEYS[1], -tonumber(ARGV[1]), -1)
+local listed
+if due then
+  listed = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+else
+  listed = redis.call('LRANGE', KEYS[1], -tonumber(ARGV[1]), -1)
+end
 if #listed == 0 then return {{}, 0, {}, now} end
 local owners = redis.call('HMGET', KEYS[4], unpack(listed))
 local take, seen, dups = {}, {}, 0
-for i = #listed, 1, -1 do
+local first, last, step = #listed, 1, -1 -- the oldest first: the right of the list
+if due then first, last, step = 1, #listed, 1 end -- the earliest due first
+for i = first, last, step do
   local id, owner = listed[i], owners[i]
   local free = not seen[id] and (not owner or owner == ORPHAN)
   if not free and not seen[id] and not redis.call('LPOS', KEYS[2], id) then
@@ -52,6 +63,10 @@ if #take > 0 then
   redis.call('HSET', KEYS[4], unpack(owned))
   redis.call('SET', KEYS[5], cmsgpack.pack(take), 'PX', ARGV[4])
 end
--- only now that every taken id is claimed: remove the batch from pending
-redis.call('LTRIM', KEYS[1], 0, -#listed - 1)
+-- only now that every taken id is claimed: remove the batch from where it was
+if due then
+  redis.call('ZREM', KEYS[1], unpack(listed))
+else
+  redis.call('LTRIM', KEYS[1], 0, -#listed - 1)
+end
 return {take, dups, records(take), now}

@@ -189,3 +189,34 @@ async def test_adaptive_concurrency_fails_fewer_attempts_on_a_fragile_receiver(
     await admin.wait_status(fixed_ids, {"SUCCESS", "FAILED"}, timeout=60)
     assert adaptive_counts["200"] == 60  # every one delivered, well inside its retry policy
     assert adaptive_counts["503"] * 3 < fixed_counts["503"], (adaptive_counts, fixed_counts)
+
+
+async def test_the_retry_lane_keeps_first_attempts_ahead_of_a_retry_backlog(
+    start_app: StartApp, admin: Admin, receiver: Receiver, redis: Redis
+) -> None:
+    await admin.security()
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(0.02)
+        return web.Response(status=200)
+
+    receiver.behaviours["/retried"] = slow
+    retried = await admin.subscription(receiver.url("/retried"))
+    fresh_sub = await admin.subscription(receiver.url("/fresh"))
+    event = await admin.event()
+    backlog = []
+    for _ in range(1500):  # retries all due at once, as after an outage of their receiver
+        delivery_id = await admin.delivery(
+            retried, event, status="RETRYING", attempts=1, next_retry_at="2026-01-01T00:00:00Z"
+        )
+        await redis.lrem("dispatch:pending", 0, delivery_id)
+        await redis.zadd("dispatch:retry", {delivery_id: 1})
+        backlog.append(delivery_id)
+    await start_app(DISPATCH_FIRST_ATTEMPT_SHARE="0.25", DISPATCH_CONCURRENCY=16)
+    await receiver.wait_count(100, path="/retried")  # the backlog is being worked through
+    fresh = [await admin.deliver(fresh_sub) for _ in range(20)]
+    await admin.wait_status(fresh, {"SUCCESS"}, timeout=10)
+    left = await redis.zcard("dispatch:retry")
+    assert left > 500, left  # every fresh one went out while most retries still waited
+    await admin.wait_status(backlog, {"SUCCESS"}, timeout=60)  # and the retries all went out
+    assert await redis.llen("dispatch:pending") == 0

@@ -66,6 +66,7 @@ PLAIN_SETTINGS = {
     "DISPATCH_DISABLE_ON_410": "false",
     "WEBHOOK_STANDARD_HEADERS_ENABLED": "false",
     "DISPATCH_ADAPTIVE_CONCURRENCY_ENABLED": "false",
+    "DISPATCH_FIRST_ATTEMPT_SHARE": "0",
 }
 SECRET_SETTINGS = {
     "WEBHOOK_SECRET_ENCRYPTION_KEY": "WEBHOOK_SECRET_ENCRYPTION_KEY",
@@ -884,6 +885,7 @@ def test_rendered_env_is_read_back_by_the_daemon_settings(chart: helm.Chart) -> 
             "disableOn410": True,
             "standardWebhooksHeaders": True,
             "adaptiveConcurrency": True,
+            "firstAttemptShare": 0.25,
         },
         "redis": {
             "host": "redis-master",
