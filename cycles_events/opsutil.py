@@ -8,6 +8,7 @@ import re
 import shutil
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from cycles_events.models import format_instant, parse_instant_ms
@@ -232,15 +233,75 @@ def table(
     )
 
 
+def format_rate(per_s: float) -> str:
+    """A rate as 50/s, 2.5/s or 0.5/s."""
+    return f"{per_s:.0f}/s" if per_s >= 10 else f"{per_s:.1f}".removesuffix(".0") + "/s"
+
+
+@dataclass(frozen=True, slots=True)
+class Pace:
+    """A write schedule: `rate` per second, reached linearly from `start` over `ramp_s` seconds."""
+
+    rate: float
+    ramp_s: float = 0.0
+    start: float | None = None
+
+    @classmethod
+    def ramped(cls, rate: float, ramp_s: float) -> Pace:
+        """`rate` after a ramp from max(1/s, rate/10), never above `rate`, over `ramp_s`."""
+        return cls(rate, max(0.0, ramp_s), min(rate, max(1.0, rate / 10)))
+
+    @property
+    def _start(self) -> float:
+        return self.rate if self.start is None or self.ramp_s <= 0 else self.start
+
+    def rate_at(self, t: float) -> float:
+        """The planned rate `t` seconds after the start."""
+        if t >= self.ramp_s:
+            return self.rate
+        return self._start + (self.rate - self._start) * max(0.0, t) / self.ramp_s
+
+    def ramping(self, t: float) -> bool:
+        """Whether the rate is still rising `t` seconds after the start."""
+        return t < self.ramp_s and self._start < self.rate
+
+    def time_for(self, n: float) -> float:
+        """Seconds after the start by which `n` writes are due (the inverse of the ramp)."""
+        r0, ramp = self._start, self.ramp_s
+        if r0 >= self.rate:
+            return max(0.0, n) / self.rate
+        in_ramp = (r0 + self.rate) / 2 * ramp
+        if n >= in_ramp:
+            return ramp + (n - in_ramp) / self.rate
+        slope = (self.rate - r0) / ramp
+        return (math.sqrt(r0 * r0 + 2 * slope * max(0.0, n)) - r0) / slope
+
+    def describe(self) -> str:
+        """The schedule in words: 50/s, or 50/s ramping from 5/s over 2m00s."""
+        if self._start >= self.rate:
+            return format_rate(self.rate)
+        return (
+            f"{format_rate(self.rate)}, ramping from {format_rate(self._start)} over "
+            f"{format_age(self.ramp_s)}"
+        )
+
+
 class Progress:
     """A one-line progress bar with rate and ETA on a terminal; silent when it is not a TTY."""
 
     WIDTH = 30
 
     def __init__(
-        self, total: int, stream: TextIO, label: str = "", *, enabled: bool | None = None
+        self,
+        total: int,
+        stream: TextIO,
+        label: str = "",
+        *,
+        enabled: bool | None = None,
+        pace: Pace | None = None,
     ) -> None:
         self.total = max(0, total)
+        self.pace = pace
         self.stream = stream
         self.label = label
         if enabled is None:
@@ -254,14 +315,17 @@ class Progress:
     def render(self, done: int, elapsed: float, columns: int | None = None) -> str:
         """The bar's text for `done` of total after `elapsed` seconds, within `columns`."""
         frac = 1.0 if self.total == 0 else min(1.0, done / self.total)
-        rate = done / elapsed if elapsed > 0 else 0.0
-        if done >= self.total:
-            timing = f"in {format_age(elapsed)}"
-        elif rate > 0:
-            timing = f"eta {format_age((self.total - done) / rate)}"
+        if self.pace is not None:
+            numbers = f"{done}/{self.total} {frac * 100:3.0f}% {self._paced(done, elapsed)}"
         else:
-            timing = "eta -"
-        numbers = f"{done}/{self.total} {frac * 100:3.0f}% {rate:.0f}/s {timing}"
+            rate = done / elapsed if elapsed > 0 else 0.0
+            if done >= self.total:
+                timing = f"in {format_age(elapsed)}"
+            elif rate > 0:
+                timing = f"eta {format_age((self.total - done) / rate)}"
+            else:
+                timing = "eta -"
+            numbers = f"{done}/{self.total} {frac * 100:3.0f}% {rate:.0f}/s {timing}"
         bar_width = self.WIDTH
         if columns is not None:  # the bar gives way first: the numbers are what is read
             room = columns - 1 - len(numbers) - (len(self.label) + 1 if self.label else 0)
@@ -271,6 +335,17 @@ class Progress:
             filled = int(frac * bar_width)
             bar = f"[{'#' * filled}{'.' * (bar_width - filled)}]"
         return " ".join(part for part in (self.label, bar, numbers) if part)
+
+    def _paced(self, done: int, elapsed: float) -> str:
+        """The current rate of the schedule and an ETA that follows the ramp."""
+        assert self.pace is not None
+        if done >= self.total:
+            return f"{format_rate(done / elapsed if elapsed > 0 else 0.0)} in {format_age(elapsed)}"
+        end = self.pace.time_for(self.total)
+        # behind schedule, the rest takes at least what the schedule gives it from `done` on
+        eta = max(end - elapsed, end - self.pace.time_for(done), 0.0)
+        ramp = f" ramping to {format_rate(self.pace.rate)}" if self.pace.ramping(elapsed) else ""
+        return f"{format_rate(self.pace.rate_at(elapsed))}{ramp} eta {format_age(math.ceil(eta))}"
 
     def update(self, done: int, *, force: bool = False) -> None:
         """Redraw (at most 10 times a second unless forced)."""

@@ -32,6 +32,18 @@ def _time_arg(value: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _duration_arg(value: str) -> float:
+    from cycles_events.opsutil import parse_duration_ms
+
+    try:
+        ms = parse_duration_ms(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if ms <= 0:
+        raise argparse.ArgumentTypeError(f"must be longer than 0: {value!r}")
+    return ms / 1000
+
+
 def _rate_arg(value: str) -> float:
     from cycles_events.opsutil import parse_rate
 

@@ -7,25 +7,58 @@ from typing import Any
 
 from cycles_events.cli.arguments import (
     _delivery_id,
+    _duration_arg,
     _positive_int,
+    _rate_arg,
     _status_arg,
     _subscription_id,
     _subscription_status_arg,
     _time_arg,
 )
+from cycles_events.cli.enable import cmd_subscriptions_enable
 from cycles_events.cli.inspect import cmd_deliveries_list, cmd_deliveries_show
 from cycles_events.cli.quarantine import (
     cmd_quarantine_drop,
     cmd_quarantine_list,
     cmd_quarantine_requeue,
 )
-from cycles_events.cli.subscriptions import (
-    cmd_subscriptions_enable,
-    cmd_subscriptions_list,
-    cmd_subscriptions_show,
-)
+from cycles_events.cli.subscriptions import cmd_subscriptions_list, cmd_subscriptions_show
 
 TIME_HELP = "a duration ago (2h, 30m, 1h30m, 7d), an ISO-8601 instant, epoch ms or 'now'"
+
+ENABLE_DESCRIPTION = """\
+Do what the admin API's PATCH to ACTIVE does: status ACTIVE, consecutive_failures 0,
+updated_at now (an atomic compare-and-set keeping every other field), and save a
+webhook.resumed event when the status changed.
+
+--replay then drains the backlog: the deliveries that ended FAILED while the subscription
+was not active (error_message "Subscription not active: ...", reason subscription_inactive;
+--reason adds others, e.g. http_5xx after an outage), oldest first, as `replay` writes
+them (new PENDING deliveries; sources already replayed are skipped, so running the same
+command again resumes an interrupted drain). With --rate and --ramp the rate starts at
+max(1/s, RATE/10) and rises linearly to RATE. The progress bar (on a terminal) shows the
+current rate and an ETA that follows the ramp; Ctrl-C stops between two batches and exits
+130, saying how far it got.
+
+Which failures: those that ended (completed_at) at or after --since. By default, when the
+subscription stopped being ACTIVE, as its record says before enabling: the earlier of
+updated_at and last_failure_at, and no earlier than MAX_DELIVERY_AGE_MS (24h) ago, which
+is also the default when the record has neither or is ACTIVE already.
+
+--dry-run changes nothing at all: it neither enables nor replays, and prints what it would
+do, the count and the planned duration.
+"""
+
+ENABLE_EPILOG = """\
+examples:
+  cycles-events subscriptions enable whsub_0a1b2c3d4e5f6071
+  cycles-events subscriptions enable whsub_0a1b2c3d4e5f6071 --replay --rate 50/s --ramp 5m \\
+      --dry-run
+  cycles-events subscriptions enable whsub_0a1b2c3d4e5f6071 --replay --rate 50/s --ramp 5m \\
+      --reason http_5xx --since 3h
+
+exit status: 0 done, 1 failed (unknown id, Redis down), 2 bad arguments,
+130 the replay was interrupted (the output says how far it got)"""
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -164,6 +197,8 @@ def add_quarantine(sub: Any) -> None:
 
 def add_subscriptions(sub: Any) -> None:
     """`subscriptions list`, `show` and `enable`."""
+    from cycles_events.opsutil import REASONS
+
     subs = sub.add_parser(
         "subscriptions",
         help="manage subscriptions",
@@ -215,12 +250,66 @@ def add_subscriptions(sub: Any) -> None:
     en = subcommand(
         ssub,
         "enable",
-        "set a subscription ACTIVE again",
-        "Do what the admin API's PATCH to ACTIVE does: status ACTIVE, consecutive_failures 0, "
-        "updated_at now (an atomic compare-and-set keeping every other field), and save a "
-        "webhook.resumed event when the status changed.",
-        "example: cycles-events subscriptions enable whsub_0a1b2c3d4e5f6071",
+        "set a subscription ACTIVE again (--replay: and drain its backlog)",
+        ENABLE_DESCRIPTION,
+        ENABLE_EPILOG,
         cmd_subscriptions_enable,
         json_opt=True,
     )
     en.add_argument("subscription_id", type=_subscription_id)
+    en.add_argument(
+        "--replay",
+        action="store_true",
+        help="then replay the deliveries that ended FAILED while it was not active "
+        "(subscription_inactive), oldest first",
+    )
+    en.add_argument(
+        "--rate", type=_rate_arg, default=None, help="with --replay: at most this many per second"
+    )
+    en.add_argument(
+        "--ramp",
+        type=_duration_arg,
+        default=None,
+        metavar="DURATION",
+        help="with --replay and --rate: start at max(1/s, RATE/10) and rise linearly to RATE "
+        "over DURATION (90s, 5m)",
+    )
+    en.add_argument(
+        "--reason",
+        action="append",
+        default=[],
+        choices=REASONS,
+        metavar="REASON",
+        help="with --replay: also replay failures of this reason (http_5xx, transport_error, "
+        "...; see replay --help); repeatable",
+    )
+    en.add_argument(
+        "--since",
+        type=_time_arg,
+        default=None,
+        help="with --replay: deliveries that ended FAILED at or after this time (default: "
+        f"when it stopped being ACTIVE, see above): {TIME_HELP}",
+    )
+    en.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what would be enabled and replayed (count, planned duration); change nothing",
+    )
+
+
+def check_enable(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """`subscriptions enable`: the replay options only with --replay, --ramp with --rate."""
+    used = [
+        name
+        for name, on in (
+            ("--rate", args.rate is not None),
+            ("--ramp", args.ramp is not None),
+            ("--reason", bool(args.reason)),
+            ("--since", args.since is not None),
+        )
+        if on
+    ]
+    if used and not args.replay:
+        parser.error(f"subscriptions enable: {', '.join(used)} only apply with --replay")
+    if args.ramp is not None and args.rate is None:
+        parser.error("subscriptions enable: --ramp needs --rate (the rate it rises to)")

@@ -7,6 +7,7 @@ import argparse
 from cycles_events import __version__
 from cycles_events.cli.arguments import (
     _delivery_id,
+    _duration_arg,
     _positive_int,
     _rate_arg,
     _secret_file,
@@ -21,6 +22,7 @@ from cycles_events.cli.groups import (
     add_deliveries,
     add_quarantine,
     add_subscriptions,
+    check_enable,
     subcommand,
 )
 from cycles_events.cli.inspect import cmd_stats
@@ -41,6 +43,16 @@ Give delivery ids, or --subscription with filters (by default only FAILED delive
 The subscription must be ACTIVE (a --dry-run previews anyway and says so). Nothing is
 written when a check fails.
 
+Order: --subscription replays oldest first (by creation time, the score in
+deliveries:{id}); explicit ids are replayed in the order given, or oldest first with --ramp.
+The replays are pushed onto dispatch:pending in that order, which the dispatcher takes
+first in, first out.
+
+Ramp: --ramp 5m with --rate 50/s starts at max(1/s, rate/10) and rises linearly to the
+rate over 5 minutes, so a receiver back from an outage is not hit by the whole backlog at
+once. The progress bar (on a terminal) shows the current rate and an ETA that follows the
+ramp; --dry-run also prints the planned duration.
+
 Resuming: every new delivery records its source in a `replay_of` field. A later run skips
 any source that already has a replay, so an interrupted run (Ctrl-C) is resumed by running
 the same command again; pass --again to replay such sources once more.
@@ -60,6 +72,7 @@ examples:
   cycles-events replay del_8c4e2f9a0b1d3e57
   cycles-events replay --subscription whsub_0a1b2c3d4e5f6071 --since 2h --reason http_5xx --dry-run
   cycles-events replay --subscription whsub_0a1b2c3d4e5f6071 --status FAILED --rate 50/s
+  cycles-events replay --subscription whsub_0a1b2c3d4e5f6071 --reason http_5xx --rate 50/s --ramp 5m
 
 exit status: 0 done, 1 failed (unknown id, inactive subscription, Redis down),
 2 bad arguments, 130 interrupted (the output says how far it got)"""
@@ -158,7 +171,19 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument(
         "--rate", type=_rate_arg, default=None, help="at most this many per second (50/s)"
     )
-    rp.add_argument("--dry-run", action="store_true", help="count and list, change nothing")
+    rp.add_argument(
+        "--ramp",
+        type=_duration_arg,
+        default=None,
+        metavar="DURATION",
+        help="with --rate: start at max(1/s, RATE/10) and rise linearly to RATE over DURATION "
+        "(90s, 5m), oldest first",
+    )
+    rp.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="count and list, change nothing (with --ramp, also the planned duration)",
+    )
     rp.add_argument("--again", action="store_true", help="also replay sources already replayed")
     add_quarantine(sub)
     add_subscriptions(sub)
@@ -216,8 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Cross-argument rules argparse cannot express."""
+    if args.command == "subscriptions" and args.action == "enable":
+        check_enable(parser, args)
     if args.command != "replay":
         return
+    if args.ramp is not None and args.rate is None:
+        parser.error("replay: --ramp needs --rate (the rate it rises to)")
     filters = [
         ("--status", args.status is not None),
         ("--since", args.since is not None),

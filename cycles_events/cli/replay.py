@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import signal
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cycles_events.cli.common import EXIT_INTERRUPTED, EXIT_OK, PROG, emit, fail, with_redis
 from cycles_events.config import Settings
@@ -14,27 +15,31 @@ from cycles_events.config import Settings
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-    from cycles_events.ops import Selection
+    from cycles_events.ops import ReplayResult, Selection
+    from cycles_events.opsutil import Pace
 
 
 SHOWN_PAIRS = 5
 
 
-def _skipped_text(sel: Selection) -> str:
+def skipped_text(sel: Selection) -> str:
     if not sel.skipped:
         return ""
     parts = ", ".join(f"{k} {v}" for k, v in sorted(sel.skipped.items()))
     return f" (skipped: {parts})"
 
 
-def _hints(sel: Selection) -> list[str]:
+AGAIN = "--again replays them anyway"
+
+
+def hints(sel: Selection, *, again: str = AGAIN) -> list[str]:
     """What the operator may do about the sources left out: already replayed, inactive."""
     lines = []
     if sel.already:
         n = len(sel.already)
         lines.append(
-            f"{n} source{'s were' if n != 1 else ' was'} already replayed; --again replays "
-            "them anyway. Earlier replays (their replay_of field names the source):"
+            f"{n} source{'s were' if n != 1 else ' was'} already replayed; {again}. "
+            "Earlier replays (their replay_of field names the source):"
         )
         pairs = sorted(sel.already.items())
         lines.extend(f"  {src} replayed as {new}" for src, new in pairs[:SHOWN_PAIRS])
@@ -48,15 +53,132 @@ def _hints(sel: Selection) -> list[str]:
     return lines
 
 
-def cmd_replay(args: argparse.Namespace) -> int:
-    """Replay deliveries as new PENDING deliveries of the same events."""
+def pace_of(args: argparse.Namespace) -> Pace | None:
+    """The schedule of --rate and --ramp: None unpaced."""
+    from cycles_events.opsutil import Pace
+
+    if args.rate is None:
+        return None
+    return Pace.ramped(args.rate, args.ramp) if args.ramp else Pace(args.rate)
+
+
+def pace_fields(pace: Pace | None, total: int) -> dict[str, Any]:
+    """The --json fields of a schedule."""
+    if pace is None:
+        return dict.fromkeys(("rate_per_s", "ramp_s", "ramp_start_per_s", "planned_duration_s"))
+    return {
+        "rate_per_s": pace.rate,
+        "ramp_s": pace.ramp_s or None,
+        "ramp_start_per_s": pace.rate_at(0) if pace.ramp_s else None,
+        "planned_duration_s": round(pace.time_for(total), 2),
+    }
+
+
+def plan_line(pace: Pace, total: int) -> str:
+    """How long the writes will take: plan: 1500 replays at 50/s, ramping ...: about 40s."""
+    from cycles_events.opsutil import format_age
+
+    about = format_age(math.ceil(pace.time_for(total)))
+    return f"plan: {total} replays at {pace.describe()}: about {about}"
+
+
+def dry_run_report(sel: Selection, pace: Pace | None) -> tuple[dict[str, Any], list[str]]:
+    """The --json data and the listed sources of a dry run."""
+    data = {
+        "dry_run": True,
+        "scanned": sel.scanned,
+        "matched": sel.matched,
+        "would_replay": [s.delivery_id for s in sel.sources],
+        "skipped": dict(sel.skipped),
+        "already_replayed": sel.already,
+        "inactive_subscriptions": sel.inactive,
+        **pace_fields(pace, len(sel.sources)),
+    }
+    return data, [f"{s.delivery_id}  {s.event_type}" for s in sel.sources]
+
+
+async def write_replays(
+    redis: Redis, settings: Settings, sel: Selection, pace: Pace | None, *, show_pace: bool
+) -> ReplayResult:
+    """Write the replays of `sel`, with a progress bar; Ctrl-C or SIGTERM stops between batches."""
     from cycles_events import ops
     from cycles_events.opsutil import Progress
 
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    progress = Progress(len(sel.sources), sys.stderr, "replay", pace=pace if show_pace else None)
+    try:
+        return await ops.replay(
+            redis,
+            sel.sources,
+            ttl_s=settings.delivery_ttl_days * 86400,
+            pace=pace,
+            stop=stop,
+            on_progress=progress.update,
+        )
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        loop.remove_signal_handler(signal.SIGTERM)
+        progress.close()
+
+
+def result_report(
+    sel: Selection, result: ReplayResult, pace: Pace | None, *, again: str = AGAIN
+) -> tuple[dict[str, Any], list[str]]:
+    """The --json data and the text lines of a replay run."""
+    total = len(sel.sources)
+    data = {
+        "dry_run": False,
+        "scanned": sel.scanned,
+        "matched": sel.matched,
+        "selected": total,
+        "replayed": [{"source": s, "delivery_id": n} for s, n in result.replayed],
+        "in_doubt": [{"source": s, "delivery_id": n} for s, n in result.in_doubt],
+        "skipped": dict(sel.skipped),
+        "already_replayed": sel.already,
+        "interrupted": result.interrupted,
+        "error": result.error,
+        **pace_fields(pace, total),
+    }
+    lines = [f"{s} -> {n}" for s, n in result.replayed]
+    lines.append(f"replayed {len(result.replayed)} of {total} deliveries{skipped_text(sel)}")
+    return data, lines + hints(sel, again=again)
+
+
+def result_status(result: ReplayResult, total: int, rerun: str) -> int:
+    """The exit status of a replay run, saying on stderr why it stopped early."""
+    done = len(result.replayed)
+    if result.error is not None:
+        doubt = " ".join(n for _, n in result.in_doubt)
+        return fail(
+            f"Redis failed after {done} of {total} replays ({result.error}); "
+            f"possibly written: {doubt or 'none'}"
+        )
+    if result.interrupted:
+        print(
+            f"{PROG}: interrupted after {done} of {total} replays; run {rerun} again to replay "
+            "the rest (deliveries already replayed are skipped)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Replay deliveries as new PENDING deliveries of the same events."""
+    from cycles_events import ops
+
     async def run(redis: Redis, settings: Settings) -> int:
+        ramped = bool(args.ramp)
         if args.delivery_ids:
             sel = await ops.select_by_ids(
-                redis, args.delivery_ids, again=args.again, dry_run=args.dry_run
+                redis,
+                args.delivery_ids,
+                again=args.again,
+                dry_run=args.dry_run,
+                oldest_first=ramped,
             )
         else:
             flt = ops.ReplayFilter(
@@ -71,69 +193,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
             )
         ops.limit_selection(sel, args.limit)
         total = len(sel.sources)
+        pace = pace_of(args)
         if args.dry_run:
-            data = {
-                "dry_run": True,
-                "scanned": sel.scanned,
-                "matched": sel.matched,
-                "would_replay": [s.delivery_id for s in sel.sources],
-                "skipped": dict(sel.skipped),
-                "already_replayed": sel.already,
-                "inactive_subscriptions": sel.inactive,
-            }
-            lines = [f"{s.delivery_id}  {s.event_type}" for s in sel.sources]
+            data, lines = dry_run_report(sel, pace)
             lines.append(
-                f"dry run: would replay {total} deliveries{_skipped_text(sel)}; nothing changed"
+                f"dry run: would replay {total} deliveries{skipped_text(sel)}; nothing changed"
             )
-            emit(args, data, "\n".join(lines + _hints(sel)))
+            if ramped and pace is not None:
+                lines.append(plan_line(pace, total))
+            emit(args, data, "\n".join(lines + hints(sel)))
             return EXIT_OK
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        progress = Progress(total, sys.stderr, "replay")
-        try:
-            result = await ops.replay(
-                redis,
-                sel.sources,
-                ttl_s=settings.delivery_ttl_days * 86400,
-                rate=args.rate,
-                stop=stop,
-                on_progress=progress.update,
-            )
-        finally:
-            loop.remove_signal_handler(signal.SIGINT)
-            loop.remove_signal_handler(signal.SIGTERM)
-            progress.close()
-        done = len(result.replayed)
-        data = {
-            "dry_run": False,
-            "scanned": sel.scanned,
-            "matched": sel.matched,
-            "selected": total,
-            "replayed": [{"source": s, "delivery_id": n} for s, n in result.replayed],
-            "in_doubt": [{"source": s, "delivery_id": n} for s, n in result.in_doubt],
-            "skipped": dict(sel.skipped),
-            "already_replayed": sel.already,
-            "interrupted": result.interrupted,
-            "error": result.error,
-        }
-        lines = [f"{s} -> {n}" for s, n in result.replayed]
-        lines.append(f"replayed {done} of {total} deliveries{_skipped_text(sel)}")
-        emit(args, data, "\n".join(lines + _hints(sel)))
-        if result.error is not None:
-            doubt = " ".join(n for _, n in result.in_doubt)
-            return fail(
-                f"Redis failed after {done} of {total} replays ({result.error}); "
-                f"possibly written: {doubt or 'none'}"
-            )
-        if result.interrupted:
-            print(
-                f"{PROG}: interrupted after {done} of {total} replays; run the same command "
-                "again to replay the rest (deliveries already replayed are skipped)",
-                file=sys.stderr,
-            )
-            return EXIT_INTERRUPTED
-        return EXIT_OK
+        result = await write_replays(redis, settings, sel, pace, show_pace=ramped)
+        data, lines = result_report(sel, result, pace)
+        emit(args, data, "\n".join(lines))
+        return result_status(result, total, "the same command")
 
     return with_redis(run)

@@ -11,6 +11,13 @@ from cycles_events.ops.deliveries import (
     show_delivery,
     subscription_summary,
 )
+from cycles_events.ops.drain import (
+    BACKLOG_REASON,
+    Backlog,
+    backlog,
+    backlog_since,
+    select_backlog,
+)
 from cycles_events.ops.overview import (
     QUEUE_SCAN_MAX,
     SUBSCRIPTION_STATUSES,
@@ -33,16 +40,19 @@ from cycles_events.ops.subscriptions import (
     MAX_CAS_ROUNDS,
     Enabled,
     enable_subscription,
+    preview_enable,
     resumed_event,
 )
 
 __all__ = [
+    "BACKLOG_REASON",
     "CHUNK",
     "DELIVERY_STATUSES",
     "MAX_CAS_ROUNDS",
     "QUEUE_SCAN_MAX",
     "REPLAY_FIELD",
     "SUBSCRIPTION_STATUSES",
+    "Backlog",
     "Enabled",
     "Listing",
     "OpsError",
@@ -52,6 +62,8 @@ __all__ = [
     "Source",
     "Stats",
     "SubscriptionList",
+    "backlog",
+    "backlog_since",
     "enable_subscription",
     "event_summary",
     "limit_selection",
@@ -59,11 +71,13 @@ __all__ = [
     "list_subscriptions",
     "new_delivery_id",
     "now_ms",
+    "preview_enable",
     "quarantine_list",
     "quarantine_take",
     "replay",
     "replay_record",
     "resumed_event",
+    "select_backlog",
     "select_by_ids",
     "select_by_subscription",
     "show_delivery",

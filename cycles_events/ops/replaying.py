@@ -15,6 +15,7 @@ from cycles_events import keys
 from cycles_events.models import JsonObject, dumps, format_instant
 from cycles_events.ops.common import REPLAY_FIELD, now_ms
 from cycles_events.ops.selection import Source
+from cycles_events.opsutil import Pace
 
 
 def new_delivery_id() -> str:
@@ -55,19 +56,26 @@ async def replay(
     *,
     ttl_s: int,
     rate: float | None = None,
+    pace: Pace | None = None,
     stop: asyncio.Event | None = None,
     on_progress: Callable[[int], None] | None = None,
     clock: Callable[[], int] = now_ms,
 ) -> ReplayResult:
-    """Create one new PENDING delivery per source, in small pipelined batches, paced by `rate`."""
+    """Create one new PENDING delivery per source, in order, in pipelined batches, paced."""
     script = redis.register_script(keys.REPLAY_DELIVERY)
-    batch_size = 100 if rate is None else max(1, min(100, int(rate / 10)))
+    if pace is None and rate is not None:
+        pace = Pace(rate)
     result = ReplayResult()
     started = time.monotonic()
-    for start in range(0, len(sources), batch_size):
+    start = 0
+    while start < len(sources):
         if stop is not None and stop.is_set():
             result.interrupted = True
             break
+        # about a tenth of a second of writes per batch, at the rate the schedule is at now
+        batch_size = 100
+        if pace is not None:
+            batch_size = max(1, min(100, int(pace.rate_at(time.monotonic() - started) / 10)))
         batch = sources[start : start + batch_size]
         planned: list[tuple[str, str]] = []
         # the context resets the pipeline whatever happens, so a dead connection is closed
@@ -100,8 +108,9 @@ async def replay(
         result.replayed.extend(p for p, ok in zip(planned, written, strict=True) if int(ok) == 1)
         if on_progress is not None:
             on_progress(len(result.replayed))
-        if rate is not None:
-            delay = started + (start + len(batch)) / rate - time.monotonic()
+        start += len(batch)
+        if pace is not None:
+            delay = started + pace.time_for(start) - time.monotonic()
             if delay > 0:
                 if stop is None:
                     await asyncio.sleep(delay)

@@ -43,11 +43,18 @@ class ReplayFilter:
     until_ms: int | None = None
     event_types: tuple[str, ...] = ()
     reasons: frozenset[str] = frozenset()
+    ended_since_ms: int | None = None  # completed_at (else attempted_at) at or after
 
     def matches(self, doc: JsonObject) -> bool:
         """Whether a delivery record passes every filter."""
         if self.statuses and doc.get("status") not in self.statuses:
             return False
+        if self.ended_since_ms is not None:
+            ended = parse_instant_ms(doc.get("completed_at"))
+            if ended is None:
+                ended = parse_instant_ms(doc.get("attempted_at"))
+            if ended is not None and ended < self.ended_since_ms:
+                return False
         if self.event_types:
             event_type = text(doc, "event_type") or ""
             if not any(fnmatch.fnmatchcase(event_type, p) for p in self.event_types):
@@ -165,20 +172,40 @@ async def _finish_selection(
             sel.sources.append(c)
 
 
+async def _created_ms(redis: Redis, docs: Sequence[tuple[str, JsonObject]]) -> list[int | None]:
+    """Each delivery's creation time: its score in deliveries:{sub}, None when not indexed."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for delivery_id, doc in docs:
+            pipe.zscore(keys.deliveries(text(doc, "subscription_id") or ""), delivery_id)
+        scores: list[float | None] = await pipe.execute()
+    return [None if s is None else int(s) for s in scores]
+
+
 async def select_by_ids(
-    redis: Redis, delivery_ids: Sequence[str], *, again: bool, dry_run: bool = False
+    redis: Redis,
+    delivery_ids: Sequence[str],
+    *,
+    again: bool,
+    dry_run: bool = False,
+    oldest_first: bool = False,
 ) -> Selection:
-    """Validate explicit ids for replay: one unknown id fails all; a dry run allows any status."""
+    """Explicit ids for replay (one unknown fails all), as given or `oldest_first` by creation."""
     ids = list(dict.fromkeys(delivery_ids))
     raws = await redis.mget([keys.delivery(i) for i in ids])
-    candidates: list[Source] = []
+    docs: list[tuple[str, JsonObject]] = []
     for delivery_id, raw in zip(ids, raws, strict=True):
         if raw is None:
             raise OpsError(f"delivery {delivery_id} not found: nothing replayed")
         doc = load_record(raw)
         if doc is None or text(doc, "subscription_id") is None or text(doc, "event_id") is None:
             raise OpsError(f"delivery {delivery_id} is not a valid record: nothing replayed")
-        candidates.append(_source(delivery_id, doc, None))
+        docs.append((delivery_id, doc))
+    created: list[int | None] = [None] * len(docs)
+    if oldest_first:
+        created = await _created_ms(redis, docs)
+    candidates = [_source(i, doc, c) for (i, doc), c in zip(docs, created, strict=True)]
+    if oldest_first:
+        candidates.sort(key=lambda c: c.created_ms)  # stable: equal times keep the order given
     inactive = await _check_active(
         redis, [c.subscription_id for c in candidates], refuse=not dry_run
     )
