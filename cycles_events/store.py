@@ -5,102 +5,29 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from cycles_events import keys
 from cycles_events.connection import RedisIO, RedisState
-from cycles_events.metaevents import Task
 from cycles_events.models import JsonObject, dumps, parse_instant_ms, text
+from cycles_events.storevalues import (
+    Claimed,
+    QueueDepths,
+    Recovered,
+    Related,
+    Reply,
+    Write,
+    bytes_list,
+    reply,
+    text_of,
+    to_bytes,
+)
 
 CLAIM_REPLY_TTL_MS = 60_000
 HEARTBEAT_CHUNK = 2000
-
-
-def _bytes(value: Any) -> bytes | None:
-    if value is None or value is False:  # Lua's false arrives as None or False
-        return None
-    if isinstance(value, bytes):
-        return value
-    return str(value).encode("utf-8")
-
-
-def _bytes_list(values: Any) -> list[bytes | None]:
-    return [_bytes(v) for v in values]
-
-
-def _s(value: Any) -> str:
-    # surrogateescape: an id that is not UTF-8 still encodes back to the very same bytes
-    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
-
-
-@dataclass(frozen=True, slots=True)
-class Related:
-    """The records a batch of deliveries needs: events, subscriptions and secrets by id."""
-
-    events: dict[str, bytes | None]
-    subscriptions: dict[str, bytes | None]
-    secrets: dict[str, bytes | None]
-    previous_secrets: dict[str, bytes | None] = field(default_factory=dict)
-    parsed: dict[bytes, JsonObject | None] = field(default_factory=dict)
-
-
-class Claimed(NamedTuple):
-    """Ids just claimed, their delivery records (None when missing), duplicates dropped."""
-
-    ids: list[str]
-    records: list[bytes | None]
-    duplicates: int
-    now_ms: int
-
-
-class Write(NamedTuple):
-    """One delivery's last step for the OUTCOME script (every field optional but the claim)."""
-
-    delivery_id: str
-    token: str
-    record: str = ""
-    retry_at_ms: int | None = None
-    push: str = ""  # 'R': next out of pending, 'L': last
-    quarantine: str = ""
-    subscription_id: str = ""
-    expected: str = ""  # '^': as the previous write of the same subscription leaves it
-    new: str = ""  # '=': the same as the previous write of the same subscription
-    tasks: tuple[Task, ...] = ()
-
-
-class Reply(NamedTuple):
-    """What OUTCOME did with one write: 'ok', 'lost', 'conflict' (with the current record)
-    or 'error' (with why)."""
-
-    status: str
-    current: bytes | None = None
-    error: str | None = None
-
-
-class Recovered(NamedTuple):
-    """One step of the recovery walk."""
-
-    ids: list[str]
-    dated: int
-    next_index: int
-    length: int
-
-
-@dataclass(frozen=True, slots=True)
-class QueueDepths:
-    """Sizes of the dispatch queues."""
-
-    pending: int
-    retry: int
-    retry_due: int
-    processing: int
-    failed: int
-    oldest_pending_age_s: float | None
-    outbox: int = 0
 
 
 class Store(RedisIO):
@@ -152,7 +79,7 @@ class Store(RedisIO):
                 ],
             )
         )
-        return Claimed([_s(i) for i in ids], _bytes_list(records), int(dups), int(now))
+        return Claimed([text_of(i) for i in ids], bytes_list(records), int(dups), int(now))
 
     async def wait_for_one(self, timeout_s: float) -> str | None:
         """Wait up to `timeout_s` for one id and move it to processing (BLMOVE, as Java does)."""
@@ -160,7 +87,7 @@ class Store(RedisIO):
         raw = await self._run(
             self.blocking.blmove(keys.PENDING, keys.PROCESSING, timeout, "RIGHT", "LEFT")
         )
-        return None if raw is None else _s(raw)
+        return None if raw is None else text_of(raw)
 
     async def adopt(self, delivery_id: str, token: str) -> Claimed:
         """Claim an id `wait_for_one` moved (idempotent for one token)."""
@@ -172,11 +99,11 @@ class Store(RedisIO):
         )
         if int(owned) != 1:
             return Claimed([], [], 1, int(now))
-        return Claimed([delivery_id], [_bytes(record)], 0, int(now))
+        return Claimed([delivery_id], [to_bytes(record)], 0, int(now))
 
     async def load_deliveries(self, ids: Sequence[str]) -> list[bytes | None]:
         """The delivery records of `ids`, in order."""
-        return _bytes_list(await self._run(self.redis.mget([keys.delivery(i) for i in ids])))
+        return bytes_list(await self._run(self.redis.mget([keys.delivery(i) for i in ids])))
 
     async def load_related(
         self, event_ids: Sequence[str], subscription_ids: Sequence[str]
@@ -192,7 +119,7 @@ class Store(RedisIO):
         )
         if not names:
             return Related({}, {}, {})
-        values = _bytes_list(await self._run(self.redis.mget(names)))
+        values = bytes_list(await self._run(self.redis.mget(names)))
         n, m = len(ev), len(subs)
         return Related(
             events=dict(zip(ev, values[:n], strict=True)),
@@ -241,7 +168,7 @@ class Store(RedisIO):
                 args=args,
             )
         )
-        return [_reply(r) for r in raw]
+        return [reply(r) for r in raw]
 
     async def heartbeat(self, ids: Sequence[str], owner_prefix: str) -> int:
         """Refresh the claim time of the ids this process still owns."""
@@ -265,14 +192,14 @@ class Store(RedisIO):
                 args=[idle_ms, start, count],
             )
         )
-        return Recovered([_s(i) for i in ids], int(dated), int(nxt), int(length))
+        return Recovered([text_of(i) for i in ids], int(dated), int(nxt), int(length))
 
     async def promote(self, limit: int) -> tuple[int, int | None, int]:
         """Move due retries to pending: (moved, next due ms or None, Redis's now ms)."""
         moved, nxt, now = await self._run(
             self._promote(keys=[keys.RETRY, keys.PENDING], args=[limit])
         )
-        next_ms = int(float(_s(nxt)))
+        next_ms = int(float(text_of(nxt)))
         return int(moved), (None if next_ms < 0 else next_ms), int(now)
 
     async def publish_limits(self, limits: dict[str, str], ttl_ms: int) -> None:
@@ -296,7 +223,7 @@ class Store(RedisIO):
 
     async def get_subscription(self, subscription_id: str) -> bytes | None:
         """The raw subscription record."""
-        return _bytes(await self._run(self.redis.get(keys.subscription(subscription_id))))
+        return to_bytes(await self._run(self.redis.get(keys.subscription(subscription_id))))
 
     async def cas_subscription(
         self, subscription_id: str, expected: str, new: str
@@ -305,8 +232,8 @@ class Store(RedisIO):
         res = await self._run(
             self._cas(keys=[keys.subscription(subscription_id)], args=[expected, new])
         )
-        status = _s(res[0])
-        return status, (_bytes(res[1]) if status == "conflict" else None)
+        status = text_of(res[0])
+        return status, (to_bytes(res[1]) if status == "conflict" else None)
 
     async def save_event(self, event: JsonObject, ttl_seconds: int) -> None:
         """Save an event the way the admin server does (idempotent for a given event id)."""
@@ -328,7 +255,7 @@ class Store(RedisIO):
 
     async def security_config(self) -> bytes | None:
         """The raw config:webhook-security value."""
-        return _bytes(await self._run(self.redis.get(keys.SECURITY_CONFIG)))
+        return to_bytes(await self._run(self.redis.get(keys.SECURITY_CONFIG)))
 
     async def acquire_lock(self, name: str, token: str, ttl_ms: int) -> bool:
         """Take a lock key for `ttl_ms` unless someone holds it."""
@@ -371,21 +298,12 @@ class Store(RedisIO):
         age: float | None = None
         if oldest is not None:
             try:
-                raw = _bytes(await self._run(self.redis.get(keys.delivery(_s(oldest)))))
+                raw = to_bytes(await self._run(self.redis.get(keys.delivery(text_of(oldest)))))
             except ResponseError:  # a record of the wrong type has no age
                 raw = None
             if raw is not None:
                 age = _record_age_s(raw, now_ms)
         return QueueDepths(pending, retry, due, processing, failed, age, outbox)
-
-
-def _reply(raw: Any) -> Reply:
-    if isinstance(raw, bytes | str):
-        return Reply(_s(raw))
-    status = _s(raw[0])
-    if status == "conflict":
-        return Reply(status, current=_bytes(raw[1]) if len(raw) > 1 else None)
-    return Reply(status, error=_s(raw[1]) if len(raw) > 1 else None)
 
 
 def _record_age_s(raw: bytes, now_ms: int) -> float | None:
@@ -395,13 +313,3 @@ def _record_age_s(raw: bytes, now_ms: int) -> float | None:
         return None
     created = parse_instant_ms(doc.get("attempted_at")) if isinstance(doc, dict) else None
     return None if created is None else max(0.0, (now_ms - created) / 1000)
-
-
-def quarantine_entry(delivery_id: str, reason: str, payload: bytes, now_ms: int) -> JsonObject:
-    """A dispatch:failed entry: {delivery_id, reason, quarantined_at_ms, payload}."""
-    return {
-        "delivery_id": delivery_id,
-        "reason": reason,
-        "quarantined_at_ms": now_ms,
-        "payload": payload.decode("utf-8", "replace"),
-    }

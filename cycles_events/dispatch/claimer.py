@@ -12,7 +12,8 @@ from cycles_events.dispatch.counts import CLAIM_BATCH, Counts
 from cycles_events.dispatch.gate import Gate
 from cycles_events.dispatch.outcomes import Outcome, Step
 from cycles_events.metrics import Metrics
-from cycles_events.store import Claimed, Store
+from cycles_events.store import Store
+from cycles_events.storevalues import Claimed
 from cycles_events.supervise import Faults
 
 MAX_BACKOFF_S = 5.0

@@ -22,7 +22,8 @@ from cycles_events.models import (
     text,
 )
 from cycles_events.policy import PolicySource
-from cycles_events.store import Related, Store, quarantine_entry
+from cycles_events.store import Store
+from cycles_events.storevalues import Related, quarantine_entry
 from cycles_events.supervise import Faults, Tasks
 from cycles_events.urlguard import UrlBlocked
 

@@ -14,7 +14,8 @@ from cycles_events.dispatch.report import Report, ids
 from cycles_events.lifecycle import NO_EFFECT, MergeResult, SubscriptionChange, merge_subscription
 from cycles_events.metaevents import Task, disabled_task, failed_task
 from cycles_events.models import JsonObject, RecordError, dumps, loads_object
-from cycles_events.store import Reply, Store, Write
+from cycles_events.store import Store
+from cycles_events.storevalues import Reply, Write
 from cycles_events.supervise import Faults, Tasks
 
 MAX_BATCH = 256

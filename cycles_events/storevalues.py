@@ -1,0 +1,115 @@
+"""The values that cross the store's boundary: what the scripts take and what they answer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from cycles_events.metaevents import Task
+from cycles_events.models import JsonObject
+
+
+def to_bytes(value: Any) -> bytes | None:
+    """A reply value as bytes, or None for nil and Lua's false."""
+    if value is None or value is False:  # Lua's false arrives as None or False
+        return None
+    if isinstance(value, bytes):
+        return value
+    return str(value).encode("utf-8")
+
+
+def bytes_list(values: Any) -> list[bytes | None]:
+    """Each value of a reply as bytes or None."""
+    return [to_bytes(v) for v in values]
+
+
+def text_of(value: Any) -> str:
+    """A reply value as text."""
+    # surrogateescape: an id that is not UTF-8 still encodes back to the very same bytes
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Related:
+    """The records a batch of deliveries needs: events, subscriptions and secrets by id."""
+
+    events: dict[str, bytes | None]
+    subscriptions: dict[str, bytes | None]
+    secrets: dict[str, bytes | None]
+    previous_secrets: dict[str, bytes | None] = field(default_factory=dict)
+    parsed: dict[bytes, JsonObject | None] = field(default_factory=dict)
+
+
+class Claimed(NamedTuple):
+    """Ids just claimed, their delivery records (None when missing), duplicates dropped."""
+
+    ids: list[str]
+    records: list[bytes | None]
+    duplicates: int
+    now_ms: int
+
+
+class Write(NamedTuple):
+    """One delivery's last step for the OUTCOME script (every field optional but the claim)."""
+
+    delivery_id: str
+    token: str
+    record: str = ""
+    retry_at_ms: int | None = None
+    push: str = ""  # 'R': next out of pending, 'L': last
+    quarantine: str = ""
+    subscription_id: str = ""
+    expected: str = ""  # '^': as the previous write of the same subscription leaves it
+    new: str = ""  # '=': the same as the previous write of the same subscription
+    tasks: tuple[Task, ...] = ()
+
+
+class Reply(NamedTuple):
+    """What OUTCOME did with one write: 'ok', 'lost', 'conflict' (with the current record)
+    or 'error' (with why)."""
+
+    status: str
+    current: bytes | None = None
+    error: str | None = None
+
+
+class Recovered(NamedTuple):
+    """One step of the recovery walk."""
+
+    ids: list[str]
+    dated: int
+    next_index: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDepths:
+    """Sizes of the dispatch queues."""
+
+    pending: int
+    retry: int
+    retry_due: int
+    processing: int
+    failed: int
+    oldest_pending_age_s: float | None
+    outbox: int = 0
+
+
+def reply(raw: Any) -> Reply:
+    """One item of OUTCOME's answer."""
+    if isinstance(raw, bytes | str):
+        return Reply(text_of(raw))
+    status = text_of(raw[0])
+    if status == "conflict":
+        return Reply(status, current=to_bytes(raw[1]) if len(raw) > 1 else None)
+    return Reply(status, error=text_of(raw[1]) if len(raw) > 1 else None)
+
+
+def quarantine_entry(delivery_id: str, reason: str, payload: bytes, now_ms: int) -> JsonObject:
+    """A dispatch:failed entry: {delivery_id, reason, quarantined_at_ms, payload}."""
+    return {
+        "delivery_id": delivery_id,
+        "reason": reason,
+        "quarantined_at_ms": now_ms,
+        "payload": payload.decode("utf-8", "replace"),
+    }
