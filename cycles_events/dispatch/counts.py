@@ -35,7 +35,7 @@ class Counts:
     @property
     def low_water(self) -> int:
         """The least room worth a claim (a claim and its loads should serve many deliveries)."""
-        return max(1, min(CLAIM_BATCH // 2, self.concurrency // 4))
+        return max(1, min(CLAIM_BATCH // 2, self.concurrency))
 
     def room(self) -> int:
         """How many ids a claim may take now."""

@@ -23,6 +23,17 @@ local n = tonumber(ARGV[5])
 if n == 0 then return {} end
 local owners = redis.call('HMGET', KEYS[4], unpack(ARGV, 6, 5 + n))
 local current, last, dirty = {}, {}, {}
+local NOT_STRING = {} -- what `current` holds for a subscription key of another type
+-- The subscription as stored (false: none), read once a call; the GET is its type check too.
+local function stored(skey)
+  local got = current[skey]
+  if got == nil then
+    got = redis.pcall('GET', skey)
+    if type(got) == 'table' then got = NOT_STRING end -- WRONGTYPE
+    current[skey] = got
+  end
+  return got
+end
 local out, released, quarantined = {}, {}, false
 local a = 6 + n -- the fields of the first item
 
@@ -49,7 +60,7 @@ for i = 1, n do
   if retry ~= '' and not is(KEYS[5], 'zset') then bad = KEYS[5]
   elseif push ~= '' and not is(KEYS[1], 'list') then bad = KEYS[1]
   elseif quarantine ~= '' and not is(KEYS[6], 'list') then bad = KEYS[6]
-  elseif skey and not is(skey, 'string') then bad = skey
+  elseif skey and stored(skey) == NOT_STRING then bad = skey
   elseif ntasks > 0 and not is(KEYS[7], 'zset') then bad = KEYS[7]
   else
     for t = first_task, first_task + 3 * (ntasks - 1), 3 do
@@ -62,7 +73,6 @@ for i = 1, n do
   elseif bad then
     out[i] = {'error', 'WRONGTYPE ' .. bad .. ' holds the wrong kind of value'}
   elseif skey then
-    if current[skey] == nil then current[skey] = redis.call('GET', skey) end
     if current[skey] ~= expected or not new then
       out[i] = {'conflict', current[skey]}
     else
