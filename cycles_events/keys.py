@@ -25,7 +25,12 @@ DELIVERIES_PATTERN = "deliveries:*"
 ORPHAN = "__orphan__"
 
 DELIVERY_PREFIX = "delivery:"
+EVENT_PREFIX = "event:"
 SUBSCRIPTION_PREFIX = "webhook:"
+SECRET_PREFIX = "webhook:secret:"
+PREVIOUS_SECRET_SUFFIX = ":previous"
+# what CLAIM and ADOPT are given to read a claimed delivery's event, subscription and secrets
+RELATED_PREFIXES = (EVENT_PREFIX, SUBSCRIPTION_PREFIX, SECRET_PREFIX, PREVIOUS_SECRET_SUFFIX)
 OUTBOX_TASK_PREFIX = "dispatcher:event-outbox:task:"
 CLAIM_REPLY_PREFIX = "dispatch:processing:reply:"
 
@@ -42,7 +47,7 @@ def deliveries(subscription_id: str) -> str:
 
 def event(event_id: str) -> str:
     """The event record."""
-    return f"event:{event_id}"
+    return f"{EVENT_PREFIX}{event_id}"
 
 
 def tenant_events(tenant_id: str) -> str:
@@ -62,12 +67,12 @@ def subscription(subscription_id: str) -> str:
 
 def secret(subscription_id: str) -> str:
     """The subscription's signing secret (plaintext or enc:...)."""
-    return f"webhook:secret:{subscription_id}"
+    return f"{SECRET_PREFIX}{subscription_id}"
 
 
 def previous_secret(subscription_id: str) -> str:
     """A rotated-out signing secret, kept (its TTL the grace period) for Standard Webhooks."""
-    return f"webhook:secret:{subscription_id}:previous"
+    return f"{SECRET_PREFIX}{subscription_id}{PREVIOUS_SECRET_SUFFIX}"
 
 
 # The adaptive limits held below the maximum, by subscription, as this fleet's instances last

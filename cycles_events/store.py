@@ -21,6 +21,8 @@ from cycles_events.storevalues import (
     Reply,
     Write,
     bytes_list,
+    related_of,
+    related_reply,
     reply,
     text_of,
     to_bytes,
@@ -61,7 +63,7 @@ class Store(RedisIO):
 
     async def claim(self, limit: int, token: str, *, due: bool = False) -> Claimed:
         """Claim up to `limit` ids of pending (or due retries) with records; idempotent by token."""
-        ids, dups, records, now = await self._run(
+        ids, dups, records, now, events, subs, values = await self._run(
             self._claim(
                 keys=[
                     keys.RETRY if due else keys.PENDING,
@@ -76,10 +78,12 @@ class Store(RedisIO):
                     keys.DELIVERY_PREFIX,
                     CLAIM_REPLY_TTL_MS,
                     "due" if due else "pending",
+                    *keys.RELATED_PREFIXES,
                 ],
             )
         )
-        return Claimed([text_of(i) for i in ids], bytes_list(records), int(dups), int(now))
+        related = related_reply(events, subs, values)
+        return Claimed([text_of(i) for i in ids], bytes_list(records), int(dups), int(now), related)
 
     async def wait_for_one(self, timeout_s: float) -> str | None:
         """Wait up to `timeout_s` for one id and move it to processing (BLMOVE, as Java does)."""
@@ -91,15 +95,15 @@ class Store(RedisIO):
 
     async def adopt(self, delivery_id: str, token: str) -> Claimed:
         """Claim an id `wait_for_one` moved (idempotent for one token)."""
-        owned, record, now = await self._run(
+        owned, record, now, *rel = await self._run(
             self._adopt(
                 keys=[keys.PROCESSING, keys.CLAIMED_AT, keys.CLAIM_OWNER],
-                args=[delivery_id, token, keys.DELIVERY_PREFIX],
+                args=[delivery_id, token, keys.DELIVERY_PREFIX, *keys.RELATED_PREFIXES],
             )
         )
         if int(owned) != 1:
             return Claimed([], [], 1, int(now))
-        return Claimed([delivery_id], [to_bytes(record)], 0, int(now))
+        return Claimed([delivery_id], [to_bytes(record)], 0, int(now), related_reply(*rel))
 
     async def load_deliveries(self, ids: Sequence[str]) -> list[bytes | None]:
         """The delivery records of `ids`, in order."""
@@ -119,14 +123,7 @@ class Store(RedisIO):
         )
         if not names:
             return Related({}, {}, {})
-        values = bytes_list(await self._run(self.redis.mget(names)))
-        n, m = len(ev), len(subs)
-        return Related(
-            events=dict(zip(ev, values[:n], strict=True)),
-            subscriptions=dict(zip(subs, values[n : n + m], strict=True)),
-            secrets=dict(zip(subs, values[n + m : n + 2 * m], strict=True)),
-            previous_secrets=dict(zip(subs, values[n + 2 * m :], strict=True)),
-        )
+        return related_of(ev, subs, bytes_list(await self._run(self.redis.mget(names))))
 
     async def record(self, writes: Sequence[Write], failed_max_len: int) -> list[Reply]:
         """Run the OUTCOME script on a batch of writes: one reply per write, in order."""

@@ -41,12 +41,30 @@ class Related:
 
 
 class Claimed(NamedTuple):
-    """Ids just claimed, their delivery records (None when missing), duplicates dropped."""
+    """Ids just claimed, their delivery records (None when missing), duplicates dropped, and
+    the records those name (None when the script could not read the ids off a record)."""
 
     ids: list[str]
     records: list[bytes | None]
     duplicates: int
     now_ms: int
+    related: Related | None = None
+
+
+def related_of(events: list[str], subs: list[str], values: list[bytes | None]) -> Related:
+    """The events, subscriptions, secrets and previous secrets of one MGET, in that order."""
+    n, m = len(events), len(subs)
+    return Related(
+        events=dict(zip(events, values[:n], strict=True)),
+        subscriptions=dict(zip(subs, values[n : n + m], strict=True)),
+        secrets=dict(zip(subs, values[n + m : n + 2 * m], strict=True)),
+        previous_secrets=dict(zip(subs, values[n + 2 * m :], strict=True)),
+    )
+
+
+def related_reply(events: Any, subs: Any, values: Any) -> Related:
+    """The related records CLAIM and ADOPT read."""
+    return related_of([text_of(e) for e in events], [text_of(s) for s in subs], bytes_list(values))
 
 
 class Write(NamedTuple):

@@ -13,10 +13,12 @@ from cycles_events.dispatch.gate import Gate
 from cycles_events.dispatch.outcomes import Outcome, Step
 from cycles_events.metrics import Metrics
 from cycles_events.store import Store
-from cycles_events.storevalues import Claimed
+from cycles_events.storevalues import Claimed, Related
 from cycles_events.supervise import Faults
 
 MAX_BACKOFF_S = 5.0
+# ids, claim token, their records and the records those name (each None: not read)
+ToIntake = Callable[[Sequence[str], str, Sequence[bytes | None] | None, Related | None], None]
 SAFETY_NET_S = 1.0
 
 
@@ -37,7 +39,9 @@ class Claimer:
         metrics: Metrics,
         faults: Faults,
         pending_timeout_s: float,
-        to_intake: Callable[[Sequence[str], str, Sequence[bytes | None] | None], None],
+        to_intake: Callable[
+            [Sequence[str], str, Sequence[bytes | None] | None, Related | None], None
+        ],
         to_record: Callable[[Outcome], None],
         retry_lane: int = 0,
     ) -> None:
@@ -164,4 +168,4 @@ class Claimer:
             return
         for delivery_id in claimed.ids:
             self.held[delivery_id] = token
-        self._to_intake(claimed.ids, token, claimed.records)
+        self._to_intake(claimed.ids, token, claimed.records, claimed.related)

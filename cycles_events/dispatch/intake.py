@@ -80,17 +80,27 @@ class Intake:
         self._saw_subscription = saw_subscription
         self._secrets: dict[tuple[str, bytes], str] = {}
 
-    def take(self, ids: Sequence[str], token: str, records: Sequence[bytes | None] | None) -> None:
-        """Accept a claimed batch (with its records when the claim read them)."""
+    def take(
+        self,
+        ids: Sequence[str],
+        token: str,
+        records: Sequence[bytes | None] | None,
+        related: Related | None = None,
+    ) -> None:
+        """Accept a claimed batch (with its records, and theirs, when the claim read them)."""
         self._counts.loading += len(ids)
-        self._tasks.spawn(self._load(list(ids), token, records), "intake")
+        self._tasks.spawn(self._load(list(ids), token, records, related), "intake")
 
     def reload(self, job: Job) -> None:
         """Load a delivery again: it waited at the gate long enough for its records to change."""
         self.take([job.delivery.delivery_id], job.token, None)
 
     async def _load(
-        self, ids: list[str], token: str, records: Sequence[bytes | None] | None
+        self,
+        ids: list[str],
+        token: str,
+        records: Sequence[bytes | None] | None,
+        read: Related | None = None,
     ) -> None:
         pending = set(ids)
         try:
@@ -108,7 +118,9 @@ class Intake:
                     pending.add(delivery_id)
             if not screened:
                 return
-            related = await self._redis_related(screened)
+            if read is None or not covers(read, screened):
+                read = await self._redis_related(screened)
+            related = read
             for d in screened:
                 pending.discard(d.delivery_id)
                 try:
@@ -293,3 +305,8 @@ class Intake:
                 self._secrets.clear()
             self._secrets[key] = secret
         return secret
+
+
+def covers(read: Related, batch: Sequence[Delivery]) -> bool:
+    """Whether the claim read every event and subscription the batch names."""
+    return all(d.event_id in read.events and d.subscription_id in read.subscriptions for d in batch)

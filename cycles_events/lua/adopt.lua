@@ -1,9 +1,11 @@
 -- ADOPT: complete the claim of one id that BLMOVE moved to the left of dispatch:processing.
 -- KEYS[1] dispatch:processing, KEYS[2] dispatch:processing:claimed_at,
 -- KEYS[3] dispatch:processing:claim_owner
--- reads delivery:{id} (ARGV[3] .. id)
--- ARGV[1] id, ARGV[2] claim token, ARGV[3] delivery key prefix
--- Returns {1, record or false, now ms} when the claim is ours, {0, false, now ms} when not.
+-- reads delivery:{id} (ARGV[3] .. id), and the records it refers to (see CLAIM's `related`)
+-- ARGV[1] id, ARGV[2] claim token, ARGV[3] delivery key prefix, ARGV[4..7] the related records'
+-- key prefixes (lib's `related`)
+-- Returns {1, record or false, now ms, event ids, subscription ids, their records} when the
+-- claim is ours, {0, false, now ms} when not.
 -- As Java does, the claim is recorded only while the id is listed and has no owner other than
 -- '__orphan__'. A copy held by another live claimant is a duplicate: our copy is removed.
 --@lib
@@ -12,9 +14,13 @@ if bad then return wrongtype_reply(bad) end
 local id, token = ARGV[1], ARGV[2]
 local now = now_ms()
 local owner = redis.call('HGET', KEYS[3], id)
-if owner == token then -- a retry after a lost reply
-  return {1, redis.call('GET', ARGV[3] .. id), now}
+local function ours()
+  local record = redis.pcall('GET', ARGV[3] .. id)
+  if type(record) ~= 'string' then record = false end
+  local events, subs, values = related({record}, 4)
+  return {1, record, now, events, subs, values}
 end
+if owner == token then return ours() end -- a retry after a lost reply
 local copies = #redis.call('LPOS', KEYS[1], id, 'COUNT', 2)
 if copies == 0 then return {0, false, now} end
 if owner and owner ~= ORPHAN then
@@ -26,6 +32,4 @@ if owner and owner ~= ORPHAN then
 end
 redis.call('ZADD', KEYS[2], now, id)
 redis.call('HSET', KEYS[3], id, token)
-local record = redis.pcall('GET', ARGV[3] .. id)
-if type(record) ~= 'string' then record = false end
-return {1, record, now}
+return ours()

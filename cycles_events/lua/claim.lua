@@ -3,10 +3,12 @@
 -- KEYS[1] dispatch:pending (or dispatch:retry), KEYS[2] dispatch:processing,
 -- KEYS[3] dispatch:processing:claimed_at, KEYS[4] dispatch:processing:claim_owner,
 -- KEYS[5] this claim's reply key
--- reads delivery:{id} (ARGV[3] .. id) of each id it claims
+-- reads delivery:{id} (ARGV[3] .. id) of each id it claims, and the records they refer to:
+-- event:{id}, webhook:{id}, webhook:secret:{id}, webhook:secret:{id}:previous (`related`)
 -- ARGV[1] max ids, ARGV[2] claim token, ARGV[3] delivery key prefix, ARGV[4] reply TTL ms,
--- ARGV[5] 'pending' or 'due'
--- Returns {ids, duplicates dropped, their records (false: missing or not a string), now ms}.
+-- ARGV[5] 'pending' or 'due', ARGV[6..9] the related records' key prefixes (lib's `related`)
+-- Returns {ids, duplicates dropped, their records (false: missing or not a string), now ms,
+-- related event ids, related subscription ids, their records}: the intake's next read, saved.
 -- An id held by another live claimant is a concurrent duplicate: dropped, never sent twice. An
 -- owner '__orphan__' (Java's recovery mark) is free to take. The same call again (a retry after
 -- a lost reply) returns the same claim instead of taking more.
@@ -15,24 +17,23 @@ local due = ARGV[5] == 'due'
 local bad = wrong(KEYS[1], due and 'zset' or 'list', KEYS[2], 'list', KEYS[3], 'zset', KEYS[4], 'hash')
 if bad then return wrongtype_reply(bad) end
 local now = now_ms()
-local function records(ids)
-  if #ids == 0 then return {} end
+local function answer(ids, dups)
+  if #ids == 0 then return {ids, dups, {}, now, {}, {}, {}} end
   local names = {}
   for i, id in ipairs(ids) do names[i] = ARGV[3] .. id end
-  return redis.call('MGET', unpack(names))
+  local recs = redis.call('MGET', unpack(names))
+  local events, subs, values = related(recs, 6)
+  return {ids, dups, recs, now, events, subs, values}
 end
 local done = redis.call('GET', KEYS[5])
-if done then
-  local ids = cmsgpack.unpack(done)
-  return {ids, 0, records(ids), now}
-end
+if done then return answer(cmsgpack.unpack(done), 0) end
 local listed
 if due then
   listed = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 else
   listed = redis.call('LRANGE', KEYS[1], -tonumber(ARGV[1]), -1)
 end
-if #listed == 0 then return {{}, 0, {}, now} end
+if #listed == 0 then return answer({}, 0) end
 local owners = redis.call('HMGET', KEYS[4], unpack(listed))
 local take, seen, dups = {}, {}, 0
 local first, last, step = #listed, 1, -1 -- the oldest first: the right of the list
@@ -69,4 +70,4 @@ if due then
 else
   redis.call('LTRIM', KEYS[1], 0, -#listed - 1)
 end
-return {take, dups, records(take), now}
+return answer(take, dups)

@@ -25,3 +25,28 @@ end
 local function wrongtype_reply(key)
   return redis.error_reply('WRONGTYPE ' .. key .. ' holds the wrong kind of value')
 end
+-- The ids a delivery record names, read without decoding it (nil when not plainly there: the
+-- daemon then reads the records itself).
+local function named(record, field)
+  if type(record) ~= 'string' then return nil end
+  return string.match(record, '"' .. field .. '"%s*:%s*"([%w_%-%.:]+)"')
+end
+-- What the intake reads next for these delivery records, in one MGET: {event ids},
+-- {subscription ids}, and the events, subscriptions, secrets and previous secrets, in order.
+-- ARGV[at .. at + 3]: the event, subscription and secret key prefixes, the previous secret's
+-- suffix.
+local function related(records, at)
+  local events, subs, seen_e, seen_s = {}, {}, {}, {}
+  for _, record in ipairs(records) do
+    local e, s = named(record, 'event_id'), named(record, 'subscription_id')
+    if e and not seen_e[e] then seen_e[e] = true; events[#events + 1] = e end
+    if s and not seen_s[s] then seen_s[s] = true; subs[#subs + 1] = s end
+  end
+  local names = {}
+  for _, e in ipairs(events) do names[#names + 1] = ARGV[at] .. e end
+  for _, s in ipairs(subs) do names[#names + 1] = ARGV[at + 1] .. s end
+  for _, s in ipairs(subs) do names[#names + 1] = ARGV[at + 2] .. s end
+  for _, s in ipairs(subs) do names[#names + 1] = ARGV[at + 2] .. s .. ARGV[at + 3] end
+  if #names == 0 then return events, subs, {} end
+  return events, subs, redis.call('MGET', unpack(names))
+end
