@@ -26,6 +26,9 @@ from tests.support import KEY_B64, free_port
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 ROOT = Path(__file__).resolve().parents[2]
+# CYCLES_BENCH_DAEMON_ROOT: another checkout whose daemon is measured (a "before" run); the
+# benchmark itself, its receiver and its raw loop stay this checkout's
+DAEMON_ROOT = Path(os.environ.get("CYCLES_BENCH_DAEMON_ROOT") or ROOT).resolve()
 # commands the driver itself sends around a measurement, never counted as the daemon's work
 DRIVER_ONLY = {"info", "config"}
 
@@ -149,6 +152,7 @@ class Daemon:
             "MANAGEMENT_ADDRESS": "127.0.0.1",
             "WEBHOOK_URL_GUARD_ALLOW_PRIVATE_NETWORKS": "true",
             "WEBHOOK_SECRET_ENCRYPTION_KEY": KEY_B64,
+            "PYTHONPATH": str(DAEMON_ROOT),
             **settings,
         }
         self.log_path = log_dir / f"{name}.log"
@@ -158,7 +162,7 @@ class Daemon:
             env=env,
             stdout=log,
             stderr=log,
-            cwd=ROOT,
+            cwd=DAEMON_ROOT,
         )
         log.close()
 
@@ -276,8 +280,8 @@ class RedisMeter:
         return RedisWork(cpu, calls, seconds)
 
 
-def git(*args: str) -> str:
-    done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
+def git(*args: str, cwd: Path = ROOT) -> str:
+    done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False)
     return done.stdout.strip()
 
 
@@ -290,7 +294,8 @@ async def machine(client: Redis) -> dict[str, str]:
                 model = line.split(":", 1)[1].strip()
                 break
     server = await client.info("server")
-    changed = [line for line in git("status", "--porcelain").splitlines() if line.strip()]
+    status = git("status", "--porcelain", cwd=DAEMON_ROOT)
+    changed = [line for line in status.splitlines() if line.strip()]
     daemon_changed = [line for line in changed if line[3:].startswith("cycles_events/")]
     if not changed:
         tree = "clean"
@@ -301,7 +306,7 @@ async def machine(client: Redis) -> dict[str, str]:
         "cores": str(os.cpu_count()),
         "python": platform.python_version(),
         "redis": str(server.get("redis_version", "?")),
-        "commit": git("rev-parse", "--short", "HEAD") or "unknown",
+        "commit": git("rev-parse", "--short", "HEAD", cwd=DAEMON_ROOT) or "unknown",
         "tree": tree,
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
     }
