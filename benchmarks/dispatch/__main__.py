@@ -1,7 +1,8 @@
 """`make bench`: every figure of issue 12's goals, each beside a ceiling measured in the same run.
 
 The machines are shared and noisy, so nothing is printed without the ceiling it is measured
-against. `make bench-fleet` (`--fleet`) runs the fleet sweep of goal 2 alone.
+against. `make bench-fleet` (`--fleet`) runs the fleet sweep of goal 2 alone. `--only aware`
+measures issue 14's items 3 and 4 alone (adaptive concurrency, the retry lane).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import aiohttp
 from redis.asyncio import Redis
 
-from benchmarks.dispatch import backlog, fleet, report, single
+from benchmarks.dispatch import aware, backlog, fleet, report, single
 from benchmarks.dispatch.harness import ROOT, ReceiverProc, machine
 from benchmarks.dispatch.raw import RawLoop
 from benchmarks.dispatch.scenarios import Ctx
@@ -34,6 +35,8 @@ FULL = {
     "backlog": 1_000_000,
     "fleet_seconds": 10.0,
     "fleet_idle_seconds": 2.0,
+    "aware_n": 2000,
+    "lane_backlog": 10000,
 }
 QUICK = {
     "n": 3000,
@@ -44,6 +47,8 @@ QUICK = {
     "backlog": 30000,
     "fleet_seconds": 3.0,
     "fleet_idle_seconds": 1.0,
+    "aware_n": 300,
+    "lane_backlog": 2000,
 }
 SINGLE = {"goal1", "goal2", "goal3", "goal4", "retry"}
 
@@ -71,6 +76,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--fleet-seconds", type=float, help="the measured window per level")
     p.add_argument("--fleet-idle-seconds", type=float, help="the idle baseline per level")
+    p.add_argument("--aware-n", type=int, help="aware: item 3's burst (2,000)")
+    p.add_argument("--lane-backlog", type=int, help="aware: item 4's due retries (10,000)")
     args = p.parse_args(argv)
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
@@ -114,6 +121,8 @@ async def run(args: argparse.Namespace) -> tuple[list[report.Section], dict[str,
             sections.append(await backlog.run(ctx))
         if "fleet" in args.selected:
             sections.append(await fleet.run(ctx))
+        if "aware" in args.selected:
+            sections.append(await aware.run(ctx))
     finally:
         await session.close()
         await client.aclose()
@@ -136,6 +145,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.no_write:
         return
     options = f"--concurrency {args.concurrency} --n {args.n} --backlog {args.backlog}"
+    if "aware" in args.selected:
+        options += f" --aware-n {args.aware_n} --lane-backlog {args.lane_backlog}"
     if args.quick:
         options += " --quick"
     stamp = (

@@ -6,7 +6,14 @@ Paths (any other path is a plain fast 200):
   /hold/<ms>    answers after <ms> milliseconds, counted in a gauge of requests held open and
                 not keyed by event (the fleet sweep keeps thousands in flight this way)
   /bulk         only counted, with its arrival time (the backlog: events are shared)
-Control: GET /_count, /_stats, /_sample?path=, /_gauge, /_marks?total=; POST /_reset.
+  /overload/<n>/<ms>
+                a receiver that breaks above n at once: a request that arrives while fewer
+                than n are at work on that path is put to work and answered 200 after <ms>
+                milliseconds (its receipt, keyed by event, is the time of that 200); one that
+                arrives while n or more are at work answers 503 after 3 x <ms> (slower, and
+                not counted as at work); /_overload counts both, per path
+Control: GET /_count, /_stats, /_sample?path=, /_gauge, /_marks?total=, /_overload;
+POST /_reset.
 """
 
 from __future__ import annotations
@@ -25,6 +32,10 @@ receipts: dict[str, list[float]] = defaultdict(list)
 samples: dict[str, dict[str, object]] = {}
 bulk = array("d")
 gauge = {"in_flight": 0, "completed": 0, "arrived": 0}
+OVERLOAD_SLOWER = 3  # a 503 of /overload takes this many times the path's <ms>
+overloaded: dict[str, dict[str, int]] = defaultdict(
+    lambda: {"working": 0, "refusing": 0, "ok": 0, "refused": 0, "peak": 0}
+)
 
 
 def _ms(path: str, prefix: str) -> float:
@@ -48,6 +59,8 @@ async def hook(request: web.Request) -> web.Response:
     if path == "/bulk":
         bulk.append(now)
         return web.Response(status=200)
+    if path.startswith("/overload/"):
+        return await overload(request, path)
     if path not in samples:
         samples[path] = {
             "headers": [[k, v] for k, v in request.headers.items()],
@@ -60,6 +73,35 @@ async def hook(request: web.Request) -> web.Response:
     if path.startswith("/slow/"):
         await asyncio.sleep(_ms(path, "/slow/"))
     return web.Response(status=200)
+
+
+async def overload(request: web.Request, path: str) -> web.Response:
+    """/overload/<n>/<ms>: 200 after <ms> while fewer than n are at work, else 503, slower."""
+    limit, ms = path.split("/")[2:4]
+    delay = float(ms) / 1000
+    state = overloaded[path]
+    state["peak"] = max(state["peak"], state["working"] + state["refusing"] + 1)
+    if state["working"] >= int(limit):
+        state["refusing"] += 1
+        try:
+            await asyncio.sleep(OVERLOAD_SLOWER * delay)
+        finally:
+            state["refusing"] -= 1
+        state["refused"] += 1
+        return web.Response(status=503)
+    state["working"] += 1
+    try:
+        await asyncio.sleep(delay)
+    finally:
+        state["working"] -= 1
+    state["ok"] += 1
+    receipts[request.headers.get("X-Cycles-Event-Id", "")].append(time.time())
+    return web.Response(status=200)
+
+
+async def overload_counts(request: web.Request) -> web.Response:
+    """Per /overload path: at work and refusing now, 200s and 503s so far, the most open."""
+    return web.json_response(overloaded)
 
 
 async def stats(request: web.Request) -> web.Response:
@@ -95,6 +137,7 @@ async def reset(request: web.Request) -> web.Response:
     receipts.clear()
     samples.clear()
     del bulk[:]
+    overloaded.clear()
     gauge.update(arrived=0, completed=0)
     return web.Response(status=204)
 
@@ -109,6 +152,7 @@ def main() -> None:
     app.router.add_get("/_sample", sample)
     app.router.add_get("/_gauge", held)
     app.router.add_get("/_marks", marks)
+    app.router.add_get("/_overload", overload_counts)
     app.router.add_post("/_reset", reset)
     app.router.add_post("/{tail:.*}", hook)
     web.run_app(

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 MARKER = "<!-- end of the generated part: everything below this line is kept by make bench -->"
-ORDER = ["goal1", "goal2", "fleet", "goal3", "goal4", "goal5", "retry"]
+ORDER = ["goal1", "goal2", "fleet", "goal3", "goal4", "goal5", "retry", "aware"]
 _SECTION = re.compile(r"<!-- section:(\w+) -->\n(.*?)<!-- /section:\1 -->\n", re.S)
 _HEADLINE = re.compile(r"<!-- headline (\{.*?\}) -->")
 
@@ -110,10 +110,11 @@ HOW = """\
 `make bench` (`python -m benchmarks.dispatch`) runs everything below in one go and writes this
 file and [benchmark.png](benchmark.png); `make bench-fleet` runs the fleet sweep of goal 2 alone
 (it replaces that table and keeps the others). Options: `--quick` (a smoke run with small
-counts), `--only goal1,goal3,...` (of goal1 goal2 fleet goal3 goal4 goal5 retry), `--backlog N`,
-`--no-write`, `--out PATH`. The machine is shared and noisy, so every figure stands next to a
-ceiling measured in the same run, and throughput is the better of two bursts against the better
-of two ceilings.
+counts), `--only goal1,goal3,...` (of goal1 goal2 fleet goal3 goal4 goal5 retry aware),
+`--backlog N`, `--no-write`, `--out PATH`; `aware` measures issue 14's adaptive concurrency and
+retry lane (`--aware-n N`, `--lane-backlog N`). The machine is shared and noisy, so every figure
+stands next to a ceiling measured in the same run, and throughput is the better of two bursts
+against the better of two ceilings.
 
 Processes: one redis-server, one aiohttp receiver (`benchmarks/dispatch/receiver.py`), the raw
 loop (`benchmarks/dispatch/raw.py`: a bare `aiohttp.ClientSession` sending the request the daemon
