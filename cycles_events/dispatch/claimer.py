@@ -143,6 +143,9 @@ class Claimer:
         self._unanswered = token
         claimed = await self._store.claim(max(1, limit), token)
         self._unanswered = None
+        # answered: Redis is there and we take work (ready now, not after the blocking wait)
+        self.consuming = True
+        self._faults.ok("claim")
         if claimed.ids or claimed.duplicates or not self.accepting:
             return claimed, token
         self.blocking = True

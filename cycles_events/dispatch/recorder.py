@@ -19,6 +19,8 @@ from cycles_events.storevalues import Reply, Write
 from cycles_events.supervise import Faults, Tasks
 
 MAX_BATCH = 256
+LINGER_S = 0.002
+LINGER_BELOW = 16
 MAX_CAS_ROUNDS = 20
 MAX_KNOWN = 10_000
 OUTAGE_BACKOFF_S = (0.05, 0.5)
@@ -122,6 +124,10 @@ class Recorder:
         return not self.busy
 
     async def _flush(self) -> None:
+        if len(self._queue) < LINGER_BELOW:
+            # a write costs Redis and us about the same for 1 outcome as for 30: outcomes that
+            # come a few at a time wait a moment for company (the receipt has happened already)
+            await asyncio.sleep(LINGER_S)
         while self._queue:
             batch = [self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue)))]
             await self._write(batch)

@@ -286,3 +286,17 @@ async def test_the_ready_gauge_is_set_without_any_probe(start_app: StartApp, red
     from tests.support import wait_until
 
     await wait_until(ready, 1.0, timeout=10)  # set by the sampler: nothing asked for readiness
+
+
+async def test_an_idle_daemon_is_ready_before_its_first_blocking_wait_ends(
+    start_app: StartApp, redis: Redis
+) -> None:
+    """Readiness follows the first answered claim, not the end of a 30 s wait on empty pending."""
+    app = await start_app(**{"dispatch.pending.timeout-seconds": 30})
+    deadline = time.monotonic() + 10
+    code = 0
+    while time.monotonic() < deadline and code != 200:
+        code, _ = await get(app, "/actuator/health/readiness")
+        await asyncio.sleep(0.1)
+    assert code == 200
+    assert app.pipeline.claimer.blocking  # still in that first wait
