@@ -269,10 +269,11 @@ class LimitsSampler:
         self.metrics = metrics
         self.limits = limits
         self.interval_s = 5.0
+        self._published: set[str] = set()  # the entries this instance wrote last time
 
     async def step(self) -> float:
         """Sample once (nothing is written while no subscription adapts)."""
-        if not len(self.limits):
+        if not len(self.limits) and not self._published:
             return self.interval_s
         summary = self.limits.summary(lowest=100)
         self.metrics.limited.set(summary.below_max)
@@ -280,7 +281,10 @@ class LimitsSampler:
             self.metrics.limits.labels(str(bound)).set(count)
         top = self.limits.maximum
         lowest = {sub: f"{limit}/{top}" for sub, limit in summary.lowest}
-        await self.store.publish_limits(lowest, int(self.interval_s * 6000))
+        # back at the maximum (or forgotten) since: not shown as held down any more
+        cleared = sorted(self._published - lowest.keys())
+        await self.store.publish_limits(lowest, cleared, int(self.interval_s * 6000))
+        self._published = set(lowest)
         return self.interval_s
 
 

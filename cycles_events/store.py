@@ -199,9 +199,14 @@ class Store(RedisIO):
         next_ms = int(float(text_of(nxt)))
         return int(moved), (None if next_ms < 0 else next_ms), int(now)
 
-    async def publish_limits(self, limits: dict[str, str], ttl_ms: int) -> None:
-        """This instance's adaptive limits below the maximum, for the operator's CLI."""
+    async def publish_limits(
+        self, limits: dict[str, str], cleared: Sequence[str], ttl_ms: int
+    ) -> None:
+        """This instance's adaptive limits below the maximum, for the operator's CLI, less the
+        ones it published before that are back at the maximum."""
         pipe = self.redis.pipeline(transaction=False)
+        if cleared:
+            pipe.hdel(keys.CONCURRENCY_LIMITS, *cleared)
         if limits:
             mapping: dict[Any, Any] = dict(limits)
             pipe.hset(keys.CONCURRENCY_LIMITS, mapping=mapping)

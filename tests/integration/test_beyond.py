@@ -189,6 +189,9 @@ async def test_adaptive_concurrency_fails_fewer_attempts_on_a_fragile_receiver(
     await admin.wait_status(fixed_ids, {"SUCCESS", "FAILED"}, timeout=60)
     assert adaptive_counts["200"] == 60  # every one delivered, well inside its retry policy
     assert adaptive_counts["503"] * 3 < fixed_counts["503"], (adaptive_counts, fixed_counts)
+    app.pipeline.gate.limits.forget(adapting)  # as a re-enable does: back at the maximum
+    await app.loops["limits-sampler"]()
+    assert await redis.hget("cycles-events:concurrency-limits", adapting) is None  # not stale
 
 
 async def test_the_retry_lane_keeps_first_attempts_ahead_of_a_retry_backlog(
