@@ -22,7 +22,7 @@ BOUND = 16  # DISPATCH_MAX_IN_FLIGHT_PER_SUBSCRIPTION, fixed and as the adaptive
 POLICY = {"max_retries": 10, "initial_delay_ms": 200, "backoff_multiplier": 1.0}
 RATE, SHARE = 300.0, 0.5  # item 4: fresh deliveries/s, DISPATCH_FIRST_ATTEMPT_SHARE (lane on)
 FRESH_SUBS, RETRY_SUBS, HOLD_MS = 8, 16, 50  # 16 x the default bound 8: the pool limits retries
-EVERY = {"SHUTDOWN_GRACE_SECONDS": "2", "DISPATCH_PENDING_TIMEOUT_SECONDS": "1"}  # ready in 1 s
+EVERY = {"SHUTDOWN_GRACE_SECONDS": "2"}
 OVERLOAD_ENV = {"DISPATCH_MAX_IN_FLIGHT_PER_SUBSCRIPTION": str(BOUND), **EVERY}
 LANE_ENV = {"DISPATCH_RETRY_POLL_INTERVAL_MS": "100", **EVERY}
 LANE_GOAL, RATE_GOAL = 2.0, 0.9
@@ -56,8 +56,7 @@ async def run(ctx: sc.Ctx) -> Section:
         f"(DISPATCH_FIRST_ATTEMPT_SHARE={SHARE}): three daemons, each side's lower p99 counts; "
         "off (0, the default): one. DISPATCH_RETRY_POLL_INTERVAL_MS=100 for all, so that "
         "retries added from outside are seen at once. Goal: lane on, p99 with the backlog ≤ "
-        f"{LANE_GOAL:g}x without. Every daemon: DISPATCH_PENDING_TIMEOUT_SECONDS=1 (an idle "
-        "daemon is ready when its first blocking claim returns: 1 s, not 5).",
+        f"{LANE_GOAL:g}x without.",
     ).begin()
     await adaptive(ctx, s, n)
     await lane(ctx, s, fresh_n, retries)
