@@ -136,6 +136,24 @@ def hex16() -> str:
     return os.urandom(8).hex()
 
 
+def admin_event(event_id: str, tenant: str, created_ms: int) -> dict[str, Any]:
+    """An event document as the admin server writes it."""
+    return {
+        "event_id": event_id,
+        "event_type": "budget.exhausted",
+        "category": "budget",
+        "timestamp": format_instant(created_ms),
+        "tenant_id": tenant,
+        "scope": f"tenant:{tenant}",
+        "actor": {"type": "api_key", "key_id": "key_1"},
+        "source": "cycles-server",
+        "data": {"remaining": 0},
+        "correlation_id": "req_1",
+        "request_id": "req_1",
+        "trace_id": os.urandom(16).hex(),
+    }
+
+
 @dataclass
 class Admin:
     """Writes records exactly as the Cycles admin server does."""
@@ -183,20 +201,7 @@ class Admin:
 
     async def event(self, *, tenant: str = "acme", **fields: Any) -> dict[str, Any]:
         event_id = fields.pop("event_id", None) or f"evt_{hex16()}"
-        doc: dict[str, Any] = {
-            "event_id": event_id,
-            "event_type": "budget.exhausted",
-            "category": "budget",
-            "timestamp": format_instant(now_ms()),
-            "tenant_id": tenant,
-            "scope": f"tenant:{tenant}",
-            "actor": {"type": "api_key", "key_id": "key_1"},
-            "source": "cycles-server",
-            "data": {"remaining": 0},
-            "correlation_id": "req_1",
-            "request_id": "req_1",
-            "trace_id": os.urandom(16).hex(),
-        }
+        doc = admin_event(event_id, tenant, now_ms())
         doc.update(fields)
         score = parse_instant_ms(doc.get("timestamp")) or now_ms()
         await self.redis.set(f"event:{event_id}", dumps(doc), ex=EVENT_TTL_S)

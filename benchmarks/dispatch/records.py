@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 
 from cycles_events.models import dumps, format_instant
-from tests.support import DELIVERY_TTL_S, EVENT_TTL_S, now_ms
+from tests.support import DELIVERY_TTL_S, EVENT_TTL_S, admin_event, now_ms
 
 Command = Sequence[str | bytes]
 PREFIX = os.urandom(4).hex()  # ids unique to this run
@@ -88,20 +88,7 @@ async def pipe(host: str, port: int, commands: Iterable[Command], chunk: int = 1
 def event_commands(event_id: str, tenant: str = "acme") -> list[Command]:
     """An event and its index entries, as tests.support.Admin.event writes them."""
     created = now_ms()
-    doc = {
-        "event_id": event_id,
-        "event_type": "budget.exhausted",
-        "category": "budget",
-        "timestamp": format_instant(created),
-        "tenant_id": tenant,
-        "scope": f"tenant:{tenant}",
-        "actor": {"type": "api_key", "key_id": "key_1"},
-        "source": "cycles-server",
-        "data": {"remaining": 0},
-        "correlation_id": "req_1",
-        "request_id": "req_1",
-        "trace_id": os.urandom(16).hex(),
-    }
+    doc = admin_event(event_id, tenant, created)
     score = str(created)
     return [
         ("SET", f"event:{event_id}", dumps(doc), "EX", str(EVENT_TTL_S)),
