@@ -39,9 +39,7 @@ class Claimer:
         metrics: Metrics,
         faults: Faults,
         pending_timeout_s: float,
-        to_intake: Callable[
-            [Sequence[str], str, Sequence[bytes | None] | None, Related | None], None
-        ],
+        to_intake: ToIntake,
         to_record: Callable[[Outcome], None],
         retry_lane: int = 0,
     ) -> None:

@@ -47,6 +47,10 @@ local function related(records, at)
   for _, s in ipairs(subs) do names[#names + 1] = ARGV[at + 1] .. s end
   for _, s in ipairs(subs) do names[#names + 1] = ARGV[at + 2] .. s end
   for _, s in ipairs(subs) do names[#names + 1] = ARGV[at + 2] .. s .. ARGV[at + 3] end
-  if #names == 0 then return events, subs, {} end
-  return events, subs, redis.call('MGET', unpack(names))
+  local values = {}
+  for first = 1, #names, 1000 do -- unpack has a limit: a big batch is read a thousand at a time
+    local got = redis.call('MGET', unpack(names, first, math.min(#names, first + 999)))
+    for _, v in ipairs(got) do values[#values + 1] = v end
+  end
+  return events, subs, values
 end

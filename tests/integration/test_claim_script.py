@@ -65,3 +65,19 @@ async def test_an_adopted_claim_reads_them_too(redis: Redis) -> None:
     assert got.ids == ["d1"] and got.related is not None
     assert got.related.events == {"evt_1": b"E1"}
     assert got.related.subscriptions == {"whsub_a": None}
+
+
+async def test_a_big_claim_reads_its_related_records_in_parts(redis: Redis) -> None:
+    """3,000 deliveries of 3,000 subscriptions name 12,000 records: more than one unpack."""
+    store = Store(redis, state=RedisState())
+    ids = [f"d{i}" for i in range(3000)]
+    pipe = redis.pipeline(transaction=False)
+    for i, delivery_id in enumerate(ids):
+        pipe.set(keys.delivery(delivery_id), record(delivery_id, f"evt_{i}", f"whsub_{i}"))
+        pipe.set(keys.secret(f"whsub_{i}"), f"K{i}")
+    await pipe.execute()
+    await redis.lpush(keys.PENDING, *ids)
+    got = await store.claim(3000, "t:1")
+    assert len(got.ids) == 3000 and got.related is not None
+    assert len(got.related.events) == 3000 and len(got.related.previous_secrets) == 3000
+    assert got.related.secrets["whsub_2999"] == b"K2999"
