@@ -373,6 +373,15 @@ def metric(app: App, name: str, **labels: str) -> float:
     return total
 
 
+async def recorded(app: App, timeout: float = 10.0) -> None:
+    """Wait until every outcome is written and counted (metrics follow the write's reply)."""
+
+    async def idle() -> bool:
+        return app.pipeline.counts.recording == 0
+
+    await wait_until(idle, True, timeout=timeout)
+
+
 async def wait_until(
     probe: Callable[[], Awaitable[Any]], expected: Any = True, timeout: float = 20.0
 ) -> Any:

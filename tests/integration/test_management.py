@@ -15,7 +15,16 @@ from redis.asyncio import Redis
 from cycles_events import __version__
 from cycles_events.app import App
 from tests.integration.conftest import StartApp
-from tests.support import Admin, Receiver, RedisServer, hang, metric, now_ms, status
+from tests.support import (
+    Admin,
+    Receiver,
+    RedisServer,
+    hang,
+    metric,
+    now_ms,
+    recorded,
+    status,
+)
 
 FAST = {"max_retries": 1, "initial_delay_ms": 100, "backoff_multiplier": 1.0, "max_delay_ms": 1000}
 
@@ -76,6 +85,7 @@ async def test_every_family_after_real_deliveries(
     ids = await run_mixed_deliveries(admin, receiver, redis)
     app = await start_app(**{"dispatch.http.timeout-seconds": 1})
     await admin.wait_status(list(ids.values()), {"SUCCESS", "FAILED"}, timeout=30)
+    await recorded(app)
     code, text = await get(app, "/actuator/prometheus")
     assert code == 200
     found = samples(text)
@@ -135,6 +145,7 @@ async def test_tenant_tag_can_be_turned_off(
     ids = [await admin.deliver(sub, event_type="custom.thing", category="custom")]
     app = await start_app(CYCLES_METRICS_TENANT_TAG_ENABLED="false")
     await admin.wait_status(ids, {"SUCCESS"})
+    await recorded(app)
     found = samples((await get(app, "/actuator/prometheus"))[1])
     for name in (
         "cycles_webhook_delivery_attempts_total",
@@ -153,6 +164,7 @@ async def test_blank_tenant_is_unknown_when_tagged(
     ids = [await admin.deliver(sub, tenant=" ")]
     app = await start_app()
     await admin.wait_status(ids, {"SUCCESS"})
+    await recorded(app)
     found = samples((await get(app, "/actuator/prometheus"))[1])
     assert value(found, "cycles_webhook_delivery_attempts_total", tenant="UNKNOWN") == 1
 
