@@ -175,13 +175,17 @@ async def test_adaptive_concurrency_fails_fewer_attempts_on_a_fragile_receiver(
     adaptive_ids = [await admin.delivery(adapting, event) for _ in range(60)]
     app = await start_app(DISPATCH_MAX_IN_FLIGHT_PER_SUBSCRIPTION=8)
 
+    seen: list[int] = []
+
     async def halfway() -> bool:
+        seen.append(app.pipeline.gate.limits.limit(adapting))
         return adaptive_counts["200"] >= 30
 
     await wait_until(halfway, True, timeout=30)
     limit = app.pipeline.gate.limits.limit(adapting)
     await app.loops["limits-sampler"]()  # what the gauges and `subscriptions show` see
-    assert 1 <= limit <= 6, limit  # held down towards what the receiver takes (2), not at 8
+    # held down towards what the receiver takes (2), not at 8 (AIMD climbs back between cuts)
+    assert min(seen) <= 4 and limit < 8, (seen, limit)
     assert metric(app, "cycles_webhook_dispatch_concurrency_limited_subscriptions") == 1
     assert await redis.hget("cycles-events:concurrency-limits", adapting) is not None
     assert await redis.hget("cycles-events:concurrency-limits", fixed) is None
