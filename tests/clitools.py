@@ -71,16 +71,7 @@ async def cli_tty(
         )
         os.close(secondary)
         secondary = -1
-        tty = bytearray()
-        loop = asyncio.get_running_loop()
-        while True:  # read until the child closes the terminal (EIO on Linux)
-            try:
-                chunk = await loop.run_in_executor(None, os.read, primary, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            tty += chunk
+        tty = await _read_terminal(primary)
         _, err = await asyncio.wait_for(proc.communicate(), timeout)
     finally:
         os.close(primary)
@@ -88,6 +79,46 @@ async def cli_tty(
             os.close(secondary)
     assert proc.returncode is not None
     return proc.returncode, tty.decode().replace("\r\n", "\n"), err.decode()
+
+
+async def cli_progress(
+    redis_url: str, *args: str, timeout: float = 60, **env: str
+) -> tuple[int, str, bytes]:
+    """Run the CLI with stderr on a terminal (where progress is drawn): (code, stdout, tty)."""
+    primary, secondary = os.openpty()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *("-m", "cycles_events.cli", *args),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=secondary,
+            env=cli_env(redis_url, **env),
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+        os.close(secondary)
+        secondary = -1
+        tty = await _read_terminal(primary)
+    finally:
+        os.close(primary)
+        if secondary >= 0:
+            os.close(secondary)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), bytes(tty)
+
+
+async def _read_terminal(primary: int) -> bytearray:
+    """What was written to a terminal, until its other side is closed (EIO on Linux)."""
+    tty = bytearray()
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            chunk = await loop.run_in_executor(None, os.read, primary, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        tty += chunk
+    return tty
 
 
 async def seed_deliveries(

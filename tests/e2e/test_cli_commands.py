@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
 
 from redis.asyncio import Redis
 
-from tests.clitools import cli, cli_env, seed_deliveries, snapshot
+from tests.clitools import cli, cli_env, cli_progress, seed_deliveries, snapshot
 from tests.support import Admin, RedisServer, free_port, now_ms
 
 
@@ -141,34 +140,12 @@ async def test_progress_bar_on_a_terminal(
 ) -> None:
     sub = await admin.subscription("http://127.0.0.1:1/hook")
     await seed_deliveries(redis, sub, 50)
-    primary, secondary = os.openpty()
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            *("-m", "cycles_events.cli", "replay", "--subscription", sub, "--rate", "100/s"),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=secondary,
-            env=cli_env(redis_server.url),
-        )
-        out, _ = await asyncio.wait_for(proc.communicate(), 30)
-        os.close(secondary)
-        secondary = -1
-        tty = b""
-        while True:
-            try:
-                chunk = os.read(primary, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            tty += chunk
-    finally:
-        os.close(primary)
-        if secondary >= 0:
-            os.close(secondary)
-    assert proc.returncode == 0
+    code, out, tty = await cli_progress(
+        redis_server.url, "replay", "--subscription", sub, "--rate", "100/s"
+    )
+    assert code == 0
     assert b"\rreplay [" in tty and b"50/50 100%" in tty
-    assert out.decode().splitlines()[-1] == "replayed 50 of 50 deliveries"
+    assert out.splitlines()[-1] == "replayed 50 of 50 deliveries"
 
 
 async def test_quarantine_and_enable_through_the_cli(

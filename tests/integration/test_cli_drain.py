@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
 
 from redis.asyncio import Redis
 
 from cycles_events.models import format_instant
-from tests.clitools import cli, cli_env, seed_deliveries, snapshot
+from tests.clitools import cli, cli_env, cli_progress, seed_deliveries, snapshot
 from tests.integration.conftest import StartApp
 from tests.support import Admin, Receiver, RedisServer, now_ms
 
@@ -137,36 +136,13 @@ async def test_the_progress_line_shows_the_ramp(
 ) -> None:
     sub = await admin.subscription("http://127.0.0.1:1/hook")
     await seed_deliveries(redis, sub, 30)
-    primary, secondary = os.openpty()
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            *("-m", "cycles_events.cli", "replay", "--subscription", sub),
-            *("--rate", "40/s", "--ramp", "1s"),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=secondary,
-            env=cli_env(redis_server.url),
-        )
-        out, _ = await asyncio.wait_for(proc.communicate(), 30)
-        os.close(secondary)
-        secondary = -1
-        tty = b""
-        while True:
-            try:
-                chunk = os.read(primary, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            tty += chunk
-    finally:
-        os.close(primary)
-        if secondary >= 0:
-            os.close(secondary)
-    assert proc.returncode == 0
+    code, out, tty = await cli_progress(
+        redis_server.url, "replay", "--subscription", sub, "--rate", "40/s", "--ramp", "1s"
+    )
+    assert code == 0
     assert b"\rreplay [" in tty and b"/30 " in tty
     assert b"/s ramping to 40/s eta " in tty and b"30/30 100%" in tty
-    assert out.decode().splitlines()[-1] == "replayed 30 of 30 deliveries"
+    assert out.splitlines()[-1] == "replayed 30 of 30 deliveries"
 
 
 async def _paused_with_a_backlog(
