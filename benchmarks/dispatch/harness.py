@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 from redis.asyncio import Redis
 
-from tests.support import KEY_B64, free_port
+from tests.support import KEY_B64, free_port, stop_process
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 ROOT = Path(__file__).resolve().parents[2]
@@ -205,13 +205,7 @@ class Daemon:
         return out
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 40)
 
 
 @dataclass

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -18,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import KEY_B64, RedisServer, free_port
+from tests.support import KEY_B64, RedisServer, free_port, stop_process
 
 
 def daemon_exe() -> list[str]:
@@ -92,13 +91,8 @@ class Daemon:
         return [line for line in self.logs() if line.get("action") == action]
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, 20)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
