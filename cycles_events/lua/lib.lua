@@ -27,9 +27,11 @@ local function wrongtype_reply(key)
 end
 -- The ids a delivery record names, read without decoding it (nil when not plainly there: the
 -- daemon then reads the records itself).
-local function named(record, field)
+local EVENT_ID = '"event_id"%s*:%s*"([%w_%-%.:]+)"'
+local SUBSCRIPTION_ID = '"subscription_id"%s*:%s*"([%w_%-%.:]+)"'
+local function named(record, pattern)
   if type(record) ~= 'string' then return nil end
-  return string.match(record, '"' .. field .. '"%s*:%s*"([%w_%-%.:]+)"')
+  return string.match(record, pattern)
 end
 -- What the intake reads next for these delivery records, in one MGET: {event ids},
 -- {subscription ids}, and the events, subscriptions, secrets and previous secrets, in order.
@@ -38,7 +40,7 @@ end
 local function related(records, at)
   local events, subs, seen_e, seen_s = {}, {}, {}, {}
   for _, record in ipairs(records) do
-    local e, s = named(record, 'event_id'), named(record, 'subscription_id')
+    local e, s = named(record, EVENT_ID), named(record, SUBSCRIPTION_ID)
     if e and not seen_e[e] then seen_e[e] = true; events[#events + 1] = e end
     if s and not seen_s[s] then seen_s[s] = true; subs[#subs + 1] = s end
   end
