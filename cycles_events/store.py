@@ -63,7 +63,7 @@ class Store(RedisIO):
 
     async def claim(self, limit: int, token: str, *, due: bool = False) -> Claimed:
         """Claim up to `limit` ids of pending (or due retries) with records; idempotent by token."""
-        ids, dups, records, now, events, subs, values = await self._run(
+        ids, dups, records, now = await self._run(
             self._claim(
                 keys=[
                     keys.RETRY if due else keys.PENDING,
@@ -78,12 +78,10 @@ class Store(RedisIO):
                     keys.DELIVERY_PREFIX,
                     CLAIM_REPLY_TTL_MS,
                     "due" if due else "pending",
-                    *keys.RELATED_PREFIXES,
                 ],
             )
         )
-        related = related_reply(events, subs, values)
-        return Claimed([text_of(i) for i in ids], bytes_list(records), int(dups), int(now), related)
+        return Claimed([text_of(i) for i in ids], bytes_list(records), int(dups), int(now))
 
     async def wait_for_one(self, timeout_s: float) -> str | None:
         """Wait up to `timeout_s` for one id and move it to processing (BLMOVE, as Java does)."""

@@ -1,7 +1,8 @@
 -- ADOPT: complete the claim of one id that BLMOVE moved to the left of dispatch:processing.
 -- KEYS[1] dispatch:processing, KEYS[2] dispatch:processing:claimed_at,
 -- KEYS[3] dispatch:processing:claim_owner
--- reads delivery:{id} (ARGV[3] .. id), and the records it refers to (see CLAIM's `related`)
+-- reads delivery:{id} (ARGV[3] .. id), and the records it refers to (lib's `related`): one id
+-- after an idle wait, so the intake's next round trip is saved where latency is all that counts
 -- ARGV[1] id, ARGV[2] claim token, ARGV[3] delivery key prefix, ARGV[4..7] the related records'
 -- key prefixes (lib's `related`)
 -- Returns {1, record or false, now ms, event ids, subscription ids, their records} when the
@@ -17,7 +18,7 @@ local owner = redis.call('HGET', KEYS[3], id)
 local function ours()
   local record = redis.pcall('GET', ARGV[3] .. id)
   if type(record) ~= 'string' then record = false end
-  local events, subs, values = related({record}, 4)
+  local events, subs, values = related(record, 4)
   return {1, record, now, events, subs, values}
 end
 if owner == token then return ours() end -- a retry after a lost reply

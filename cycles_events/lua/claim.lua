@@ -3,12 +3,13 @@
 -- KEYS[1] dispatch:pending (or dispatch:retry), KEYS[2] dispatch:processing,
 -- KEYS[3] dispatch:processing:claimed_at, KEYS[4] dispatch:processing:claim_owner,
 -- KEYS[5] this claim's reply key
--- reads delivery:{id} (ARGV[3] .. id) of each id it claims, and the records they refer to:
--- event:{id}, webhook:{id}, webhook:secret:{id}, webhook:secret:{id}:previous (`related`)
+-- reads delivery:{id} (ARGV[3] .. id) of each id it claims
 -- ARGV[1] max ids, ARGV[2] claim token, ARGV[3] delivery key prefix, ARGV[4] reply TTL ms,
--- ARGV[5] 'pending' or 'due', ARGV[6..9] the related records' key prefixes (lib's `related`)
--- Returns {ids, duplicates dropped, their records (false: missing or not a string), now ms,
--- related event ids, related subscription ids, their records}: the intake's next read, saved.
+-- ARGV[5] 'pending' or 'due'
+-- Returns {ids, duplicates dropped, their records (false: missing or not a string), now ms}.
+-- The records those name (events, subscriptions, secrets) are left to one MGET of the intake:
+-- each byte a script reads or answers is hashed into a Lua string, so that read costs Redis
+-- several times more CPU here than as a plain MGET.
 -- An id held by another live claimant is a concurrent duplicate: dropped, never sent twice. An
 -- owner '__orphan__' (Java's recovery mark) is free to take. The same call again (a retry after
 -- a lost reply) returns the same claim instead of taking more.
@@ -18,12 +19,10 @@ local bad = wrong(KEYS[1], due and 'zset' or 'list', KEYS[2], 'list', KEYS[3], '
 if bad then return wrongtype_reply(bad) end
 local now = now_ms()
 local function answer(ids, dups)
-  if #ids == 0 then return {ids, dups, {}, now, {}, {}, {}} end
+  if #ids == 0 then return {ids, dups, {}, now} end
   local names = {}
   for i, id in ipairs(ids) do names[i] = ARGV[3] .. id end
-  local recs = redis.call('MGET', unpack(names))
-  local events, subs, values = related(recs, 6)
-  return {ids, dups, recs, now, events, subs, values}
+  return {ids, dups, redis.call('MGET', unpack(names)), now}
 end
 local done = redis.call('GET', KEYS[5])
 if done then return answer(cmsgpack.unpack(done), 0) end

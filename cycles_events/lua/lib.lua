@@ -33,26 +33,19 @@ local function named(record, pattern)
   if type(record) ~= 'string' then return nil end
   return string.match(record, pattern)
 end
--- What the intake reads next for these delivery records, in one MGET: {event ids},
--- {subscription ids}, and the events, subscriptions, secrets and previous secrets, in order.
--- ARGV[at .. at + 3]: the event, subscription and secret key prefixes, the previous secret's
--- suffix.
-local function related(records, at)
-  local events, subs, seen_e, seen_s = {}, {}, {}, {}
-  for _, record in ipairs(records) do
-    local e, s = named(record, EVENT_ID), named(record, SUBSCRIPTION_ID)
-    if e and not seen_e[e] then seen_e[e] = true; events[#events + 1] = e end
-    if s and not seen_s[s] then seen_s[s] = true; subs[#subs + 1] = s end
+-- What the intake reads next for one delivery record, in one MGET: {event id}, {subscription
+-- id}, and the event, subscription, secret and previous secret. ARGV[at .. at + 3]: the event,
+-- subscription and secret key prefixes, the previous secret's suffix.
+local function related(record, at)
+  local e, s = named(record, EVENT_ID), named(record, SUBSCRIPTION_ID)
+  local events, subs, names = {}, {}, {}
+  if e then events[1] = e; names[1] = ARGV[at] .. e end
+  if s then
+    subs[1] = s
+    names[#names + 1] = ARGV[at + 1] .. s
+    names[#names + 1] = ARGV[at + 2] .. s
+    names[#names + 1] = ARGV[at + 2] .. s .. ARGV[at + 3]
   end
-  local names = {}
-  for _, e in ipairs(events) do names[#names + 1] = ARGV[at] .. e end
-  for _, s in ipairs(subs) do names[#names + 1] = ARGV[at + 1] .. s end
-  for _, s in ipairs(subs) do names[#names + 1] = ARGV[at + 2] .. s end
-  for _, s in ipairs(subs) do names[#names + 1] = ARGV[at + 2] .. s .. ARGV[at + 3] end
-  local values = {}
-  for first = 1, #names, 1000 do -- unpack has a limit: a big batch is read a thousand at a time
-    local got = redis.call('MGET', unpack(names, first, math.min(#names, first + 999)))
-    for _, v in ipairs(got) do values[#values + 1] = v end
-  end
-  return events, subs, values
+  if #names == 0 then return events, subs, {} end
+  return events, subs, redis.call('MGET', unpack(names))
 end
