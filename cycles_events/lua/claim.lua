@@ -52,9 +52,9 @@ for i = first, last, step do
 end
 if #take > 0 then
   redis.call('LPUSH', KEYS[2], unpack(take))
-  local scored, owned = {}, {}
+  local scored, owned, at = {}, {}, arg(now)
   for _, id in ipairs(take) do
-    scored[#scored + 1] = now
+    scored[#scored + 1] = at
     scored[#scored + 1] = id
     owned[#owned + 1] = id
     owned[#owned + 1] = ARGV[2]

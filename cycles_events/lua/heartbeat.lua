@@ -8,7 +8,7 @@ if bad then return wrongtype_reply(bad) end
 if #ARGV < 2 then return 0 end
 local ids = {unpack(ARGV, 2)}
 local owners = redis.call('HMGET', KEYS[2], unpack(ids))
-local now = now_ms()
+local now = arg(now_ms())
 local plen = #ARGV[1]
 local scored = {}
 for i, id in ipairs(ids) do

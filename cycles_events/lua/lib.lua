@@ -4,6 +4,11 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+-- A number as a command argument, formatted once: redis.call formats each number argument
+-- with snprintf('%.17g'), which costs more than the command it is for.
+local function arg(n)
+  return string.format('%d', n)
+end
 local kinds = {}
 -- Whether a key is absent or holds the wanted type (asked once per key and call).
 local function is(key, want)

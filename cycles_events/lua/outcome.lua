@@ -102,7 +102,7 @@ for i = 1, n do
       redis.call('ZADD', KEYS[7], 'NX', ARGV[t + 2], ARGV[t])
     end
     -- the claim goes last, after everything it stood for is written
-    redis.call('LREM', KEYS[2], -1, id)
+    redis.call('LREM', KEYS[2], '-1', id) -- a string: see lib's `arg`
     released[#released + 1] = id
     out[i] = 'ok'
   end
