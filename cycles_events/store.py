@@ -29,6 +29,8 @@ from cycles_events.storevalues import (
 )
 
 CLAIM_REPLY_TTL_MS = 60_000
+# A claim of this many ids or fewer reads the records they name too (see claim.lua)
+CLAIM_READS_RELATED_UP_TO = 8
 HEARTBEAT_CHUNK = 2000
 
 
@@ -63,7 +65,7 @@ class Store(RedisIO):
 
     async def claim(self, limit: int, token: str, *, due: bool = False) -> Claimed:
         """Claim up to `limit` ids of pending (or due retries) with records; idempotent by token."""
-        ids, dups, records, now = await self._run(
+        ids, dups, records, now, *rel = await self._run(
             self._claim(
                 keys=[
                     keys.RETRY if due else keys.PENDING,
@@ -78,10 +80,13 @@ class Store(RedisIO):
                     keys.DELIVERY_PREFIX,
                     CLAIM_REPLY_TTL_MS,
                     "due" if due else "pending",
+                    CLAIM_READS_RELATED_UP_TO,
+                    *keys.RELATED_PREFIXES,
                 ],
             )
         )
-        return Claimed([text_of(i) for i in ids], bytes_list(records), int(dups), int(now))
+        related = related_reply(*rel) if rel else None
+        return Claimed([text_of(i) for i in ids], bytes_list(records), int(dups), int(now), related)
 
     async def wait_for_one(self, timeout_s: float) -> str | None:
         """Wait up to `timeout_s` for one id and move it to processing (BLMOVE, as Java does)."""

@@ -18,7 +18,7 @@ local owner = redis.call('HGET', KEYS[3], id)
 local function ours()
   local record = redis.pcall('GET', ARGV[3] .. id)
   if type(record) ~= 'string' then record = false end
-  local events, subs, values = related(record, 4)
+  local events, subs, values = related({record}, 4)
   return {1, record, now, events, subs, values}
 end
 if owner == token then return ours() end -- a retry after a lost reply

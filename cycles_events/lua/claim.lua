@@ -3,13 +3,17 @@
 -- KEYS[1] dispatch:pending (or dispatch:retry), KEYS[2] dispatch:processing,
 -- KEYS[3] dispatch:processing:claimed_at, KEYS[4] dispatch:processing:claim_owner,
 -- KEYS[5] this claim's reply key
--- reads delivery:{id} (ARGV[3] .. id) of each id it claims
+-- reads delivery:{id} (ARGV[3] .. id) of each id it claims and, for a claim of at most ARGV[6]
+-- ids, the records they refer to: event:{id}, webhook:{id}, webhook:secret:{id},
+-- webhook:secret:{id}:previous (lib's `related`)
 -- ARGV[1] max ids, ARGV[2] claim token, ARGV[3] delivery key prefix, ARGV[4] reply TTL ms,
--- ARGV[5] 'pending' or 'due'
--- Returns {ids, duplicates dropped, their records (false: missing or not a string), now ms}.
--- The records those name (events, subscriptions, secrets) are left to one MGET of the intake:
--- each byte a script reads or answers is hashed into a Lua string, so that read costs Redis
--- several times more CPU here than as a plain MGET.
+-- ARGV[5] 'pending' or 'due', ARGV[6] the most ids whose related records are read too,
+-- ARGV[7..10] the related records' key prefixes
+-- Returns {ids, duplicates dropped, their records (false: missing or not a string), now ms} and,
+-- when it read them, {related event ids, related subscription ids, their records}.
+-- A few ids come when deliveries trickle in, and then the read saves the intake a round trip.
+-- A bigger claim leaves it to one MGET of the intake: every byte a script reads or answers is
+-- hashed into a Lua string, so there that read costs Redis several times its CPU as an MGET.
 -- An id held by another live claimant is a concurrent duplicate: dropped, never sent twice. An
 -- owner '__orphan__' (Java's recovery mark) is free to take. The same call again (a retry after
 -- a lost reply) returns the same claim instead of taking more.
@@ -22,7 +26,10 @@ local function answer(ids, dups)
   if #ids == 0 then return {ids, dups, {}, now} end
   local names = {}
   for i, id in ipairs(ids) do names[i] = ARGV[3] .. id end
-  return {ids, dups, redis.call('MGET', unpack(names)), now}
+  local recs = redis.call('MGET', unpack(names))
+  if #ids > tonumber(ARGV[6]) then return {ids, dups, recs, now} end
+  local events, subs, values = related(recs, 7)
+  return {ids, dups, recs, now, events, subs, values}
 end
 local done = redis.call('GET', KEYS[5])
 if done then return answer(cmsgpack.unpack(done), 0) end

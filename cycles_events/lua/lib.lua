@@ -38,19 +38,22 @@ local function named(record, pattern)
   if type(record) ~= 'string' then return nil end
   return string.match(record, pattern)
 end
--- What the intake reads next for one delivery record, in one MGET: {event id}, {subscription
--- id}, and the event, subscription, secret and previous secret. ARGV[at .. at + 3]: the event,
--- subscription and secret key prefixes, the previous secret's suffix.
-local function related(record, at)
-  local e, s = named(record, EVENT_ID), named(record, SUBSCRIPTION_ID)
-  local events, subs, names = {}, {}, {}
-  if e then events[1] = e; names[1] = ARGV[at] .. e end
-  if s then
-    subs[1] = s
-    names[#names + 1] = ARGV[at + 1] .. s
-    names[#names + 1] = ARGV[at + 2] .. s
-    names[#names + 1] = ARGV[at + 2] .. s .. ARGV[at + 3]
+-- What the intake reads next for a few delivery records, in one MGET: {event ids},
+-- {subscription ids}, and the events, subscriptions, secrets and previous secrets, in order.
+-- ARGV[at .. at + 3]: the event, subscription and secret key prefixes, the previous secret's
+-- suffix. Callers keep the records few (four keys each, and unpack has a limit).
+local function related(records, at)
+  local events, subs, seen_e, seen_s = {}, {}, {}, {}
+  for _, record in ipairs(records) do
+    local e, s = named(record, EVENT_ID), named(record, SUBSCRIPTION_ID)
+    if e and not seen_e[e] then seen_e[e] = true; events[#events + 1] = e end
+    if s and not seen_s[s] then seen_s[s] = true; subs[#subs + 1] = s end
   end
+  local names = {}
+  for _, e in ipairs(events) do names[#names + 1] = ARGV[at] .. e end
+  for _, s in ipairs(subs) do names[#names + 1] = ARGV[at + 1] .. s end
+  for _, s in ipairs(subs) do names[#names + 1] = ARGV[at + 2] .. s end
+  for _, s in ipairs(subs) do names[#names + 1] = ARGV[at + 2] .. s .. ARGV[at + 3] end
   if #names == 0 then return events, subs, {} end
   return events, subs, redis.call('MGET', unpack(names))
 end

@@ -1,5 +1,5 @@
-"""CLAIM answers its delivery records; ADOPT (one id, after an idle wait) also reads the events,
-subscriptions and secrets its record names (real Redis, through the store)."""
+"""CLAIM answers its delivery records, and a small claim (as when deliveries trickle in) or an
+ADOPT also the events, subscriptions and secrets they name (real Redis, through the store)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from cycles_events import keys
 from cycles_events.connection import RedisState
 from cycles_events.dispatch.intake import covers
 from cycles_events.models import Delivery
-from cycles_events.store import Store
+from cycles_events.store import CLAIM_READS_RELATED_UP_TO, Store
 
 
 def record(delivery_id: str, event_id: str, sub_id: str) -> str:
@@ -20,17 +20,36 @@ def record(delivery_id: str, event_id: str, sub_id: str) -> str:
     )
 
 
-async def test_a_claim_answers_its_records_and_leaves_theirs_to_the_intake(
-    redis: Redis,
-) -> None:
+async def test_a_small_claim_reads_the_records_its_deliveries_name(redis: Redis) -> None:
     store = Store(redis, state=RedisState())
     await redis.set(keys.delivery("d1"), record("d1", "evt_1", "whsub_a"))
+    await redis.set(keys.delivery("d2"), record("d2", "evt_2", "whsub_a"))
     await redis.set(keys.event("evt_1"), "E1")
+    await redis.set(keys.subscription("whsub_a"), "S")
+    await redis.set(keys.secret("whsub_a"), "K")
     await redis.lpush(keys.PENDING, "d1", "d2")
     got = await store.claim(10, "t:1")
-    assert got.ids == ["d1", "d2"] and got.related is None
-    assert got.records == [record("d1", "evt_1", "whsub_a").encode(), None]
+    assert got.related is not None
+    assert got.related.events == {"evt_1": b"E1", "evt_2": None}
+    assert got.related.subscriptions == {"whsub_a": b"S"}
+    assert got.related.secrets == {"whsub_a": b"K"}
+    assert got.related.previous_secrets == {"whsub_a": None}
+    batch = [Delivery.parse(i, r) for i, r in zip(got.ids, got.records, strict=True) if r]
+    assert covers(got.related, batch)
     again = await store.claim(10, "t:1")  # the same call after a lost reply: the same answer
+    assert again.ids == got.ids and again.related == got.related
+
+
+async def test_a_bigger_claim_leaves_them_to_the_intake(redis: Redis) -> None:
+    store = Store(redis, state=RedisState())
+    ids = [f"d{i}" for i in range(CLAIM_READS_RELATED_UP_TO + 1)]
+    for i, delivery_id in enumerate(ids):
+        await redis.set(keys.delivery(delivery_id), record(delivery_id, f"evt_{i}", "whsub_a"))
+    await redis.lpush(keys.PENDING, *ids)
+    got = await store.claim(100, "t:1")
+    assert got.ids == ids and got.related is None
+    assert got.records[0] == record("d0", "evt_0", "whsub_a").encode()
+    again = await store.claim(100, "t:1")  # the same call after a lost reply: the same answer
     assert again.ids == got.ids and again.records == got.records
 
 
@@ -79,5 +98,5 @@ async def test_a_big_claim_reads_its_records(redis: Redis) -> None:
     await pipe.execute()
     await redis.lpush(keys.PENDING, *ids)
     got = await store.claim(3000, "t:1")
-    assert len(got.ids) == 3000 and all(got.records)
+    assert len(got.ids) == 3000 and all(got.records) and got.related is None
     assert got.records[-1] == record(got.ids[-1], "evt_2999", "whsub_2999").encode()
