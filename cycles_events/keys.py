@@ -32,7 +32,6 @@ PREVIOUS_SECRET_SUFFIX = ":previous"
 # what CLAIM and ADOPT are given to read a claimed delivery's event, subscription and secrets
 RELATED_PREFIXES = (EVENT_PREFIX, SUBSCRIPTION_PREFIX, SECRET_PREFIX, PREVIOUS_SECRET_SUFFIX)
 OUTBOX_TASK_PREFIX = "dispatcher:event-outbox:task:"
-CLAIM_REPLY_PREFIX = "dispatch:processing:reply:"
 
 
 def delivery(delivery_id: str) -> str:
@@ -88,11 +87,6 @@ def outbox_task(task_id: str) -> str:
 def outbox_lock(task_id: str) -> str:
     """The lock a publisher takes on one outbox task."""
     return f"dispatcher:event-outbox:lock:{task_id}"
-
-
-def claim_reply(token: str) -> str:
-    """What one CLAIM call took, kept a minute so that the same call again returns it."""
-    return f"{CLAIM_REPLY_PREFIX}{token}"
 
 
 def _script(name: str) -> str:

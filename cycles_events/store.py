@@ -28,7 +28,6 @@ from cycles_events.storevalues import (
     to_bytes,
 )
 
-CLAIM_REPLY_TTL_MS = 60_000
 # A claim of this many ids or fewer reads the records they name too (see claim.lua)
 CLAIM_READS_RELATED_UP_TO = 8
 HEARTBEAT_CHUNK = 2000
@@ -63,8 +62,11 @@ class Store(RedisIO):
         seconds, micros = await self._run(self.redis.time())
         return seconds * 1000 + micros // 1000, (before + time.monotonic()) / 2
 
-    async def claim(self, limit: int, token: str, *, due: bool = False) -> Claimed:
-        """Claim up to `limit` ids of pending (or due retries) with records; idempotent by token."""
+    async def claim(
+        self, limit: int, token: str, *, due: bool = False, again: bool = False
+    ) -> Claimed:
+        """Claim up to `limit` ids of pending (or due retries) with records; `again` (the same
+        token after a lost reply) answers what that call claimed instead of taking more."""
         ids, dups, records, now, *rel = await self._run(
             self._claim(
                 keys=[
@@ -72,13 +74,12 @@ class Store(RedisIO):
                     keys.PROCESSING,
                     keys.CLAIMED_AT,
                     keys.CLAIM_OWNER,
-                    keys.claim_reply(token),
                 ],
                 args=[
                     limit,
                     token,
                     keys.DELIVERY_PREFIX,
-                    CLAIM_REPLY_TTL_MS,
+                    "again" if again else "",
                     "due" if due else "pending",
                     CLAIM_READS_RELATED_UP_TO,
                     *keys.RELATED_PREFIXES,

@@ -87,9 +87,10 @@ class Claimer:
         room = min(limit, self._counts.room(), self._retry_lane - len(self._lane_held))
         if room <= 0 or not self.accepting:
             return 0, 0, False
+        again = self._lane_unanswered is not None
         token = self._lane_unanswered or self._token()
         self._lane_unanswered = token
-        claimed = await self._store.claim(room, token, due=True)
+        claimed = await self._store.claim(room, token, due=True, again=again)
         self._lane_unanswered = None
         if claimed.duplicates:
             self._metrics.dropped.labels("duplicate_claim").inc(claimed.duplicates)
@@ -137,9 +138,10 @@ class Claimer:
         """A batch when pending has one, else one id after a blocking wait (as Java takes it)."""
         if self._unadopted is not None:
             return await self._adopt(*self._unadopted)
+        again = self._unanswered is not None
         token = self._unanswered or self._token()
         self._unanswered = token
-        claimed = await self._store.claim(max(1, limit), token)
+        claimed = await self._store.claim(max(1, limit), token, again=again)
         self._unanswered = None
         # answered: Redis is there and we take work (ready now, not after the blocking wait)
         self.consuming = True

@@ -10,11 +10,12 @@
 -- As Java does, the claim is recorded only while the id is listed and has no owner other than
 -- '__orphan__'. A copy held by another live claimant is a duplicate: our copy is removed.
 --@lib
-local bad = wrong(KEYS[1], 'list', KEYS[2], 'zset', KEYS[3], 'hash')
+local bad = wrong(KEYS[1], 'list', KEYS[2], 'zset')
 if bad then return wrongtype_reply(bad) end
 local id, token = ARGV[1], ARGV[2]
 local now = now_ms()
-local owner = redis.call('HGET', KEYS[3], id)
+local owner = read('HGET', KEYS[3], id) -- claim_owner's type check
+if owner == nil then return wrongtype_reply(KEYS[3]) end
 local function ours()
   local record = redis.pcall('GET', ARGV[3] .. id)
   if type(record) ~= 'string' then record = false end

@@ -30,6 +30,13 @@ end
 local function wrongtype_reply(key)
   return redis.error_reply('WRONGTYPE ' .. key .. ' holds the wrong kind of value')
 end
+-- A read that is its key's type check too (a TYPE call less): the reply, or nil when the key
+-- holds another type (a read fails on nothing else).
+local function read(...)
+  local got = redis.pcall(...)
+  if type(got) == 'table' and got.err then return nil end
+  return got
+end
 -- The ids a delivery record names, read without decoding it (nil when not plainly there: the
 -- daemon then reads the records itself).
 local EVENT_ID = '"event_id"%s*:%s*"([%w_%-%.:]+)"'

@@ -16,12 +16,13 @@
 -- outbox tasks are written, and only after them is its claim released: 'ok'. A call repeated
 -- after a lost reply finds its claims released and changes nothing.
 --@lib
-local bad = wrong(KEYS[2], 'list', KEYS[3], 'zset', KEYS[4], 'hash')
-if bad then return wrongtype_reply(bad) end
-local dprefix, sprefix, tprefix = ARGV[2], ARGV[3], ARGV[4]
 local n = tonumber(ARGV[5])
 if n == 0 then return {} end
-local owners = redis.call('HMGET', KEYS[4], unpack(ARGV, 6, 5 + n))
+local bad = wrong(KEYS[2], 'list', KEYS[3], 'zset')
+if bad then return wrongtype_reply(bad) end
+local owners = read('HMGET', KEYS[4], unpack(ARGV, 6, 5 + n)) -- claim_owner's type check
+if not owners then return wrongtype_reply(KEYS[4]) end
+local dprefix, sprefix, tprefix = ARGV[2], ARGV[3], ARGV[4]
 local current, last, dirty = {}, {}, {}
 local NOT_STRING = {} -- what `current` holds for a subscription key of another type
 -- The subscription as stored (false: none), read once a call; the GET is its type check too.

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from cycles_events import keys
 from cycles_events.connection import RedisState
@@ -36,7 +38,7 @@ async def test_a_small_claim_reads_the_records_its_deliveries_name(redis: Redis)
     assert got.related.previous_secrets == {"whsub_a": None}
     batch = [Delivery.parse(i, r) for i, r in zip(got.ids, got.records, strict=True) if r]
     assert covers(got.related, batch)
-    again = await store.claim(10, "t:1")  # the same call after a lost reply: the same answer
+    again = await store.claim(10, "t:1", again=True)  # the same call after a lost reply
     assert again.ids == got.ids and again.related == got.related
 
 
@@ -49,7 +51,7 @@ async def test_a_bigger_claim_leaves_them_to_the_intake(redis: Redis) -> None:
     got = await store.claim(100, "t:1")
     assert got.ids == ids and got.related is None
     assert got.records[0] == record("d0", "evt_0", "whsub_a").encode()
-    again = await store.claim(100, "t:1")  # the same call after a lost reply: the same answer
+    again = await store.claim(100, "t:1", again=True)  # the same call after a lost reply
     assert again.ids == got.ids and again.records == got.records
 
 
@@ -100,3 +102,37 @@ async def test_a_big_claim_reads_its_records(redis: Redis) -> None:
     got = await store.claim(3000, "t:1")
     assert len(got.ids) == 3000 and all(got.records) and got.related is None
     assert got.records[-1] == record(got.ids[-1], "evt_2999", "whsub_2999").encode()
+
+
+async def test_a_repeated_claim_answers_what_its_token_took_and_takes_no_more(
+    redis: Redis,
+) -> None:
+    store = Store(redis, state=RedisState())
+    for delivery_id in ("d1", "d2", "d3"):
+        await redis.set(keys.delivery(delivery_id), record(delivery_id, "evt_1", "whsub_a"))
+    await redis.lpush(keys.PENDING, "d1", "d2", "d3")
+    got = await store.claim(2, "t:1")
+    again = await store.claim(2, "t:1", again=True)
+    assert again.ids == got.ids == ["d1", "d2"] and again.records == got.records
+    assert await redis.lrange(keys.PENDING, 0, -1) == [b"d3"]
+    never_ran = await store.claim(2, "t:2", again=True)  # its first call was lost on the way
+    assert never_ran.ids == ["d3"]
+    assert await redis.hgetall(keys.CLAIM_OWNER) == {b"d1": b"t:1", b"d2": b"t:1", b"d3": b"t:2"}
+
+
+@pytest.mark.parametrize("key", [keys.PENDING, keys.PROCESSING, keys.CLAIMED_AT, keys.CLAIM_OWNER])
+async def test_a_claim_refuses_a_key_of_another_type_and_changes_nothing(
+    redis: Redis, key: str
+) -> None:
+    """Pending's and claim_owner's reads are their type checks; the rest are asked first."""
+    store = Store(redis, state=RedisState())
+    await redis.set(keys.delivery("d1"), record("d1", "evt_1", "whsub_a"))
+    if key != keys.PENDING:
+        await redis.lpush(keys.PENDING, "d1")
+    await redis.set(key, "not a list, zset or hash")
+    with pytest.raises(ResponseError, match=f"WRONGTYPE {key} "):
+        await store.claim(5, "t:1")
+    if key != keys.PENDING:
+        assert await redis.lrange(keys.PENDING, 0, -1) == [b"d1"]
+    for other in {keys.PROCESSING, keys.CLAIMED_AT, keys.CLAIM_OWNER} - {key}:
+        assert not await redis.exists(other)
