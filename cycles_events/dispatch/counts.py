@@ -12,13 +12,9 @@ CLAIM_BATCH = 32
 class Counts:
     """Where the claimed deliveries are; each is in exactly one place until its final write.
 
-    `room` tells the claimer how many ids it may take: one batch beyond the workers as prefetch,
-    plus what waits at the gate for a saturated subscription (up to a second concurrency's
-    worth), so that such a subscription never takes the others' room. None are taken while too
+    `room` tells the claimer how many ids it may take: claims beyond the workers serve as
+    prefetch and as room for a saturated subscription's overflow, and none are taken while too
     many outcomes wait for their write (backpressure) or while final writes are failing.
-    Every claim held is an entry of claimed_at and claim_owner, which Redis keeps as a listpack
-    up to 128 entries: each claim and each outcome scans it, so a claim not needed yet costs
-    every other one Redis CPU.
     """
 
     concurrency: int
@@ -47,8 +43,7 @@ class Counts:
             return 0
         if self.stalled >= self.concurrency:
             return 0
-        budget = self.concurrency + min(CLAIM_BATCH + self.waiting, self.concurrency)
-        return budget - self.claimed
+        return 2 * self.concurrency - self.claimed
 
     def freed(self) -> None:
         """Something moved on: wake the claimer if a batch fits now."""
