@@ -42,7 +42,7 @@ class Related:
 
 class Claimed(NamedTuple):
     """Ids just claimed, their delivery records (None when missing), duplicates dropped, and
-    the records those name (None when the script could not read the ids off a record)."""
+    the records those name when the claim read them too (a small claim or an adoption)."""
 
     ids: list[str]
     records: list[bytes | None]
