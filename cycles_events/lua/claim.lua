@@ -20,8 +20,8 @@
 -- token is used by one call only, so those are the ones that call took. That costs a walk of
 -- claim_owner, but only after a lost reply, where saving each reply would cost every claim.
 --@lib
--- The reads of pending and claim_owner are their type checks; the keys it writes are checked
--- only when it has ids to take, so that a claim of an empty queue costs two calls.
+-- Every key it would touch is type-checked on every call (readiness falls at once when one is
+-- wrong, even while the queue is empty); the reads of pending and claim_owner are their checks.
 local due = ARGV[5] == 'due'
 local now = now_ms()
 local function answer(ids, dups)
@@ -48,9 +48,12 @@ else
   listed = read('LRANGE', KEYS[1], -tonumber(ARGV[1]), -1)
 end
 if not listed then return wrongtype_reply(KEYS[1]) end
-if #listed == 0 then return answer({}, 0) end
 local bad = wrong(KEYS[2], 'list', KEYS[3], 'zset')
 if bad then return wrongtype_reply(bad) end
+if #listed == 0 then
+  if not is(KEYS[4], 'hash') then return wrongtype_reply(KEYS[4]) end
+  return answer({}, 0)
+end
 local owners = read('HMGET', KEYS[4], unpack(listed))
 if not owners then return wrongtype_reply(KEYS[4]) end
 local take, seen, dups = {}, {}, 0

@@ -136,3 +136,14 @@ async def test_a_claim_refuses_a_key_of_another_type_and_changes_nothing(
         assert await redis.lrange(keys.PENDING, 0, -1) == [b"d1"]
     for other in {keys.PROCESSING, keys.CLAIMED_AT, keys.CLAIM_OWNER} - {key}:
         assert not await redis.exists(other)
+
+
+@pytest.mark.parametrize("key", [keys.PROCESSING, keys.CLAIMED_AT, keys.CLAIM_OWNER])
+async def test_a_claim_of_an_empty_queue_refuses_a_key_of_another_type_too(
+    redis: Redis, key: str
+) -> None:
+    """So that readiness falls as soon as a key is wrong, not with the next delivery."""
+    store = Store(redis, state=RedisState())
+    await redis.set(key, "not a list, zset or hash")
+    with pytest.raises(ResponseError, match=f"WRONGTYPE {key} "):
+        await store.claim(5, "t:1")
