@@ -8,6 +8,7 @@ import os
 import struct
 import sys
 import termios
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,53 +58,57 @@ async def cli_tty(
     redis_url: str, *args: str, columns: int = 100, timeout: float = 60, **env: str
 ) -> tuple[int, str, str]:
     """Run the CLI with stdout and stderr on a terminal `columns` wide: (code, tty text, err)."""
-    primary, secondary = os.openpty()
-    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
-    clean = {k: v for k, v in cli_env(redis_url, **env).items() if k not in ("COLUMNS", "LINES")}
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            *("-m", "cycles_events.cli", *args),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=secondary,
-            stderr=asyncio.subprocess.PIPE,
-            env=clean,
-        )
-        os.close(secondary)
-        secondary = -1
-        tty = await _read_terminal(primary)
-        _, err = await asyncio.wait_for(proc.communicate(), timeout)
-    finally:
-        os.close(primary)
-        if secondary >= 0:
-            os.close(secondary)
-    assert proc.returncode is not None
-    return proc.returncode, tty.decode().replace("\r\n", "\n"), err.decode()
+    code, tty, err = await _on_terminal(redis_url, args, "stdout", columns, timeout, env)
+    return code, tty.decode().replace("\r\n", "\n"), err.decode()
 
 
 async def cli_progress(
     redis_url: str, *args: str, timeout: float = 60, **env: str
 ) -> tuple[int, str, bytes]:
     """Run the CLI with stderr on a terminal (where progress is drawn): (code, stdout, tty)."""
+    code, tty, out = await _on_terminal(redis_url, args, "stderr", None, timeout, env)
+    return code, out.decode(), tty
+
+
+async def _on_terminal(
+    redis_url: str,
+    args: Sequence[str],
+    stream: str,
+    columns: int | None,
+    timeout: float,
+    env: dict[str, str],
+) -> tuple[int, bytes, bytes]:
+    """Run the CLI with `stream` ('stdout' or 'stderr') on a terminal, `columns` wide when given:
+    (code, what the terminal got, the other stream)."""
     primary, secondary = os.openpty()
+    run_env = cli_env(redis_url, **env)
+    if columns is not None:
+        fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+        run_env = {k: v for k, v in run_env.items() if k not in ("COLUMNS", "LINES")}
+    pipe = asyncio.subprocess.PIPE
+    reading: asyncio.Task[bytearray] | None = None
     try:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             *("-m", "cycles_events.cli", *args),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=secondary,
-            env=cli_env(redis_url, **env),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=secondary if stream == "stdout" else pipe,
+            stderr=secondary if stream == "stderr" else pipe,
+            env=run_env,
         )
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
         os.close(secondary)
         secondary = -1
-        tty = await _read_terminal(primary)
+        reading = asyncio.create_task(_read_terminal(primary))  # both drained at once
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        tty = await asyncio.wait_for(reading, timeout)
     finally:
+        if reading is not None:
+            reading.cancel()  # only after a timeout: closing the terminal ends its read
         os.close(primary)
         if secondary >= 0:
             os.close(secondary)
     assert proc.returncode is not None
-    return proc.returncode, out.decode(), bytes(tty)
+    return proc.returncode, bytes(tty), (err if stream == "stdout" else out)
 
 
 async def _read_terminal(primary: int) -> bytearray:

@@ -305,10 +305,5 @@ async def test_an_idle_daemon_is_ready_before_its_first_blocking_wait_ends(
 ) -> None:
     """Readiness follows the first answered claim, not the end of a 30 s wait on empty pending."""
     app = await start_app(**{"dispatch.pending.timeout-seconds": 30})
-    deadline = time.monotonic() + 10
-    code = 0
-    while time.monotonic() < deadline and code != 200:
-        code, _ = await get(app, "/actuator/health/readiness")
-        await asyncio.sleep(0.1)
-    assert code == 200
+    await wait_status_code(app, "/actuator/health/readiness", 200, 10)
     assert app.pipeline.claimer.blocking  # still in that first wait
