@@ -20,6 +20,9 @@ MAX_BACKOFF_S = 5.0
 # ids, claim token, their records and the records those name (each None: not read)
 ToIntake = Callable[[Sequence[str], str, Sequence[bytes | None] | None, Related | None], None]
 SAFETY_NET_S = 1.0
+# A token longer than Redis's hash-max-listpack-value (64) keeps claim_owner a hash table:
+# as a listpack (up to 128 entries) every HMGET, HSET and HDEL field is a scan of the hash.
+INSTANCE_BYTES = 32
 
 
 class Claimer:
@@ -51,7 +54,7 @@ class Claimer:
         self._pending_timeout_s = pending_timeout_s
         self._to_intake = to_intake
         self._to_record = to_record
-        self.instance = secrets.token_hex(8)
+        self.instance = secrets.token_hex(INSTANCE_BYTES)
         self._seq = itertools.count()
         self.held: dict[str, str] = {}  # delivery id -> claim token, for every claim we own
         self.accepting = True

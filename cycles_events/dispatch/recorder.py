@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from cycles_events.storevalues import Reply, Write
 from cycles_events.supervise import Faults, Tasks
 
 MAX_BATCH = 256
-LINGER_S = 0.002
+LINGER_S = 0.005
 LINGER_BELOW = 16
 MAX_CAS_ROUNDS = 20
 MAX_KNOWN = 10_000
@@ -84,6 +85,7 @@ class Recorder:
         self._flusher: asyncio.Task[None] | None = None
         self._known: dict[str, tuple[str, JsonObject | None]] = {}
         self._stalled: set[asyncio.TimerHandle] = set()
+        self._company = asyncio.Event()  # the queue reached LINGER_BELOW: stop lingering
 
     def submit(self, outcome: Outcome) -> None:
         """Queue an outcome for its final write."""
@@ -109,6 +111,8 @@ class Recorder:
             self._queue.appendleft(pending)
         else:
             self._queue.append(pending)
+        if len(self._queue) >= LINGER_BELOW:
+            self._company.set()
         if self._idle():
             self._flusher = self._tasks.spawn(self._flush(), "recorder", shielded=True)
 
@@ -126,8 +130,11 @@ class Recorder:
     async def _flush(self) -> None:
         if len(self._queue) < LINGER_BELOW:
             # a write costs Redis and us about the same for 1 outcome as for 30: outcomes that
-            # come a few at a time wait a moment for company (the receipt has happened already)
-            await asyncio.sleep(LINGER_S)
+            # come a few at a time wait a moment for company (the receipt has happened already,
+            # and a queued outcome holds no worker), until LINGER_BELOW of them are queued
+            self._company.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._company.wait(), LINGER_S)
         while self._queue:
             batch = [self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue)))]
             await self._write(batch)

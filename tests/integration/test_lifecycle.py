@@ -180,6 +180,22 @@ async def test_duplicate_ids_are_sent_once(
     assert len(receiver.requests) == 1
 
 
+async def test_claim_owner_stays_a_hash_table_while_claims_are_held(
+    start_app: StartApp, admin: Admin, receiver: Receiver, redis: Redis
+) -> None:
+    # a listpack (Redis's encoding of a small hash) makes each HMGET/HSET/HDEL field a scan
+    await admin.security()
+    receiver.behaviours["/slow"] = hang(0.5)
+    sub = await admin.subscription(receiver.url("/slow"))
+    delivery_id = await admin.deliver(sub)
+    await start_app()
+    owner = "dispatch:processing:claim_owner"
+    await wait_until(lambda: redis.hexists(owner, delivery_id))
+    assert await redis.object("encoding", owner) == b"hashtable"
+    assert len(await redis.hget(owner, delivery_id) or b"") > 64
+    await admin.wait_status([delivery_id], {"SUCCESS"})
+
+
 async def test_future_retry_goes_back_on_the_retry_zset(
     start_app: StartApp, admin: Admin, receiver: Receiver, redis: Redis
 ) -> None:
