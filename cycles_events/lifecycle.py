@@ -153,6 +153,16 @@ def merge_subscription(sub: JsonObject, change: SubscriptionChange) -> MergeResu
     return NO_EFFECT
 
 
+# The fields a success sets whatever they held: a write of it fits any change to them alone.
+SUCCESS_FIELDS = ("last_triggered_at", "last_success_at", "consecutive_failures")
+
+
+def success_merges_by_text(raw: str, doc: JsonObject) -> bool:
+    """Whether OUTCOME may apply a success to this read of a subscription changed in
+    SUCCESS_FIELDS alone: each is a top-level field of `doc` named once in `raw`."""
+    return all(name in doc and raw.count(f'"{name}":') == 1 for name in SUCCESS_FIELDS)
+
+
 class Attempt(NamedTuple):
     """What one HTTP attempt means for its delivery: the record and where it goes next."""
 

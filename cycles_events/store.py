@@ -151,6 +151,7 @@ class Store(RedisIO):
                 w.subscription_id,
                 w.expected,
                 w.new,
+                w.merge,
                 len(w.tasks),
             ]
             for t in w.tasks:

@@ -79,6 +79,7 @@ class Write(NamedTuple):
     subscription_id: str = ""
     expected: str = ""  # '^': as the previous write of the same subscription leaves it
     new: str = ""  # '=': the same as the previous write of the same subscription
+    merge: str = ""  # 'S': a success, which fits a subscription changed in SUCCESS_FIELDS only
     tasks: tuple[Task, ...] = ()
 
 

@@ -12,7 +12,13 @@ from cycles_events.connection import UNAVAILABLE
 from cycles_events.dispatch.counts import Counts
 from cycles_events.dispatch.outcomes import Outcome, Step
 from cycles_events.dispatch.report import Report, ids
-from cycles_events.lifecycle import NO_EFFECT, MergeResult, SubscriptionChange, merge_subscription
+from cycles_events.lifecycle import (
+    NO_EFFECT,
+    MergeResult,
+    SubscriptionChange,
+    merge_subscription,
+    success_merges_by_text,
+)
 from cycles_events.metaevents import Task, disabled_task, failed_task
 from cycles_events.models import JsonObject, RecordError, dumps, loads_object
 from cycles_events.store import Store
@@ -197,6 +203,7 @@ class Recorder:
                 chains[sub_id] = out[-1]
                 continue
             doc: JsonObject | None = None
+            merge = ""
             if p.without_subscription:
                 pass
             elif before is not None and before.doc is not None:
@@ -208,6 +215,8 @@ class Recorder:
                     doc = dict(parsed) if parsed is not None else loads_object(raw)
                 except RecordError:
                     doc = {} if raw == UNKNOWN else None  # unknown: learn it; unreadable: leave it
+                if o.step is Step.SUCCESS and doc is not None and success_merges_by_text(raw, doc):
+                    merge = "S"  # another success written meanwhile does not conflict with it
             merged: MergeResult | None = None
             if doc is not None:
                 change = SubscriptionChange(
@@ -239,7 +248,11 @@ class Recorder:
             new = dumps(doc)
             same = before is not None and before.new == new
             write = base._replace(
-                subscription_id=sub_id, expected=expected, new="=" if same else new, tasks=tasks
+                subscription_id=sub_id,
+                expected=expected,
+                new="=" if same else new,
+                merge=merge,
+                tasks=tasks,
             )
             built = _Built(p, write, doc, new, merged, tasks)
             chains[sub_id] = built

@@ -8,14 +8,55 @@
 --   then, per item: claim token, delivery JSON or '', retry score or '', 'R'/'L' to push on the
 --   right/left of pending or '', quarantine entry or '', subscription id or '', the subscription
 --   JSON expected ('^': as the previous item of the same subscription leaves it), the
---   subscription JSON to write ('=': the same as that item's), the number of outbox tasks,
---   then per task: task id, task JSON, created ms.
+--   subscription JSON to write ('=': the same as that item's), 'S' when the write is a success's
+--   (see `fits_success`) or '', the number of outbox tasks, then per task: task id, task JSON,
+--   created ms.
 -- An item changes nothing unless its claim is still ours ('lost'), every key it would touch holds
 -- the right type ({'error', why}) and its subscription is as expected ({'conflict', current or
 -- false}). Then its delivery, retry entry, pending entry, quarantine entry, subscription and
 -- outbox tasks are written, and only after them is its claim released: 'ok'. A call repeated
 -- after a lost reply finds its claims released and changes nothing.
 --@lib
+-- A success sets these whatever they held (lifecycle.SUCCESS_FIELDS).
+local SUCCESS_FIELDS = {'"last_triggered_at":', '"last_success_at":', '"consecutive_failures":'}
+-- A subscription's JSON with the values of SUCCESS_FIELDS cut out, or nil unless each is named
+-- once and holds a plain value (a string without escapes, a whole number or null). Found by
+-- plain search, not decoded: cjson would change the document's form.
+local function without_success_fields(doc)
+  if type(doc) ~= 'string' then return nil end
+  local cuts = {}
+  for f, name in ipairs(SUCCESS_FIELDS) do
+    local _, e = string.find(doc, name, 1, true)
+    if not e or string.find(doc, name, e + 1, true) then return nil end
+    local from, to = e + 1, nil
+    if string.byte(doc, from) == 34 then -- a string: to its closing quote, with no escape before
+      to = string.find(doc, '"', from + 1, true)
+      local escape = string.find(doc, '\\', from + 1, true)
+      if not to or (escape and escape < to) then return nil end
+    elseif string.find(doc, '^null', from) then
+      to = from + 3
+    else
+      _, to = string.find(doc, '^%-?%d+', from)
+      if not to then return nil end
+    end
+    cuts[f] = {from, to}
+  end
+  table.sort(cuts, function(x, y) return x[1] < y[1] end)
+  local parts, at = {}, 1
+  for _, cut in ipairs(cuts) do
+    parts[#parts + 1] = string.sub(doc, at, cut[1] - 1)
+    at = cut[2] + 1
+  end
+  parts[#parts + 1] = string.sub(doc, at)
+  return table.concat(parts)
+end
+-- Whether a success's write fits a subscription other than the one it was made from: when the
+-- two differ in SUCCESS_FIELDS alone, the success sets them, so its document is the merge of
+-- either (another instance's success written meanwhile does not make it go round again).
+local function fits_success(current, expected)
+  local a = without_success_fields(current)
+  return a ~= nil and a == without_success_fields(expected)
+end
 local n = tonumber(ARGV[5])
 if n == 0 then return {} end
 local bad = wrong(KEYS[2], 'list', KEYS[3], 'zset')
@@ -41,9 +82,9 @@ local a = 6 + n -- the fields of the first item
 for i = 1, n do
   local id = ARGV[5 + i]
   local token, record, retry, push = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  local quarantine, sub = ARGV[a + 4], ARGV[a + 5]
-  local ntasks = tonumber(ARGV[a + 8])
-  local first_task = a + 9
+  local quarantine, sub, success = ARGV[a + 4], ARGV[a + 5], ARGV[a + 8] == 'S'
+  local ntasks = tonumber(ARGV[a + 9])
+  local first_task = a + 10
   local skey, expected, new = nil, nil, nil
   if sub ~= '' then
     -- every item of a subscription moves the chain on, applied or not, so that an item after one
@@ -74,10 +115,11 @@ for i = 1, n do
   elseif bad then
     out[i] = {'error', 'WRONGTYPE ' .. bad .. ' holds the wrong kind of value'}
   elseif skey then
-    if current[skey] ~= expected or not new then
-      out[i] = {'conflict', current[skey]}
-    else
+    if new and (current[skey] == expected or (success and fits_success(current[skey], expected)))
+    then
       fits = true
+    else
+      out[i] = {'conflict', current[skey]}
     end
   else
     fits = true

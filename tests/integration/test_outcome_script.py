@@ -80,3 +80,67 @@ async def test_a_subscription_changed_meanwhile_conflicts_with_its_current_recor
     assert reply.status == "conflict" and reply.current == b'{"v": 7}'
     assert await redis.get(keys.subscription("sub")) == b'{"v": 7}'
     assert await redis.lrange(keys.PROCESSING, 0, -1) == [b"d1"]
+
+
+READ = (
+    '{"subscription_id":"sub","status":"ACTIVE","consecutive_failures":0,'
+    '"last_triggered_at":"2026-12-01T10:00:00.000Z","last_success_at":null,"metadata":{"k":"v"}}'
+)
+OURS = READ.replace('"last_success_at":null', '"last_success_at":"2026-12-01T10:00:05.000Z"')
+OURS = OURS.replace("10:00:00.000Z", "10:00:05.000Z")
+
+
+async def success_against(redis: Redis, stored: str, merge: str = "S") -> tuple[str, bytes]:
+    """A success's write, made from READ, against a subscription stored as `stored`."""
+    store = Store(redis, state=RedisState())
+    token = await claimed(store, redis, ["d1"])
+    await redis.set(keys.subscription("sub"), stored)
+    (reply,) = await store.record(
+        [
+            Write(
+                "d1",
+                token,
+                '{"id": "d1"}',
+                subscription_id="sub",
+                expected=READ,
+                new=OURS,
+                merge=merge,
+            )
+        ],
+        failed_max_len=100,
+    )
+    return reply.status, await redis.get(keys.subscription("sub")) or b""
+
+
+async def test_a_success_fits_a_subscription_changed_only_where_a_success_writes(
+    redis: Redis,
+) -> None:
+    # another instance's success and failure counts meanwhile: the success sets those fields
+    stored = READ.replace('"consecutive_failures":0', '"consecutive_failures":12')
+    stored = stored.replace("10:00:00.000Z", "10:00:03.123456Z")
+    stored = stored.replace('"last_success_at":null', '"last_success_at":"2026-12-01T10:00:02Z"')
+    status, now = await success_against(redis, stored)
+    assert status == "ok" and now == OURS.encode()
+    assert await redis.hget(keys.CLAIM_OWNER, "d1") is None
+
+
+async def test_what_a_success_cannot_be_sure_of_conflicts(redis: Redis) -> None:
+    changed = READ.replace("10:00:00.000Z", "10:00:03.000Z")
+    cases = {
+        "another field": changed.replace('"ACTIVE"', '"PAUSED"'),
+        "a field named twice": changed.replace('{"k":"v"}', '{"last_success_at":"x"}'),
+        "an escaped value": changed.replace("10:00:03.000Z", '10:00:03\\".000Z'),
+        "a value of another kind": changed.replace(
+            '"consecutive_failures":0', '"consecutive_failures":0.5'
+        ),
+        "a field gone": changed.replace('"last_success_at":null,', ""),
+        "a value after a space": changed.replace(
+            '"consecutive_failures":0', '"consecutive_failures": 0'
+        ),
+    }
+    for case, stored in cases.items():
+        status, now = await success_against(redis, stored)
+        assert (status, now) == ("conflict", stored.encode()), case
+        await redis.flushdb()
+    status, _ = await success_against(redis, changed, merge="")  # not a success's write
+    assert status == "conflict"

@@ -103,6 +103,16 @@ def test_default_threshold_disables_on_the_eleventh_failure() -> None:
     assert [r.disabled for r in results] == [False] * 10 + [True]
 
 
+def test_a_success_merges_by_text_only_when_its_fields_are_named_once_at_the_top() -> None:
+    fields = '"consecutive_failures":0,"last_triggered_at":null,"last_success_at":null'
+    raw = '{"subscription_id":"s",' + fields + "}"
+    assert lifecycle.success_merges_by_text(raw, json.loads(raw))
+    missing = '{"consecutive_failures":0,"last_triggered_at":null}'
+    assert not lifecycle.success_merges_by_text(missing, json.loads(missing))
+    nested = raw[:-1] + ',"metadata":{"last_success_at":1}}'
+    assert not lifecycle.success_merges_by_text(nested, json.loads(nested))
+
+
 def test_meta_events_shape() -> None:
     d = parsed(trace_id="a" * 32)
     sub = {"tenant_id": "acme", "subscription_id": d.subscription_id}
