@@ -166,7 +166,8 @@ async def one_level(ctx: Ctx, s: Section, level: int, hold: float, label: str) -
     )
     s.note(
         f"{label}{level:,} in flight: {done:,} deliveries in {work.seconds:.1f} s; commands "
-        f"per delivery by name: {work.breakdown(done)}; idle fleet: "
+        f"per delivery by name: {work.breakdown(done)}; Redis CPU per delivery: "
+        f"{work.time_breakdown(done)}; idle fleet: "
         f"{idle.cpu_s * 1e6 / idle.seconds:,.0f} µs of Redis CPU and "
         f"{idle.commands / idle.seconds:,.1f} commands per second; {left:,} still pending"
         + ("" if left else " (pending ran dry: the window is short of supply)")

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +215,8 @@ class RedisWork:
     cpu_s: float
     calls: dict[str, int]
     seconds: float
+    sys_s: float = 0.0  # the kernel's part of cpu_s
+    usec: dict[str, int] = field(default_factory=dict)  # by command; a script's includes its own
 
     @property
     def commands(self) -> int:
@@ -231,6 +233,15 @@ class RedisWork:
         ranked = sorted(self.calls.items(), key=lambda kv: -kv[1])[:top]
         return ", ".join(f"{name.upper()} {calls / n:.2f}" for name, calls in ranked)
 
+    def time_breakdown(self, n: int, top: int = 6) -> str:
+        """Where Redis's CPU went per delivery: the kernel, and the costliest commands."""
+        ranked = sorted(self.usec.items(), key=lambda kv: -kv[1])[:top]
+        named = ", ".join(f"{name.upper()} {us / n:.1f}" for name, us in ranked)
+        return (
+            f"{self.sys_s * 1e6 / n:.1f} µs in the kernel of {self.cpu_s * 1e6 / n:.1f}; "
+            f"by command (commandstats, a script's µs include its commands'): {named}"
+        )
+
 
 class RedisMeter:
     """Redis CPU (INFO cpu) and commands (INFO commandstats) over a span, less the driver's own.
@@ -243,12 +254,14 @@ class RedisMeter:
     def __init__(self, client: Redis) -> None:
         self.client = client
         self._own: Counter[str] = Counter()
-        self._cpu0 = 0.0
+        self._cpu0 = (0.0, 0.0)
         self._t0 = 0.0
 
-    async def _cpu(self) -> float:
+    async def _cpu(self) -> tuple[float, float]:
+        """Redis's CPU seconds so far: user + sys, and sys."""
         info = await self.client.info("cpu")
-        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+        sys_s = float(info["used_cpu_sys"])
+        return float(info["used_cpu_user"]) + sys_s, sys_s
 
     async def start(self) -> None:
         await self.client.config_resetstat()
@@ -260,10 +273,11 @@ class RedisMeter:
         self._own[command.lower()] += n
 
     async def stop(self) -> RedisWork:
-        cpu = await self._cpu() - self._cpu0
+        cpu, sys_s = (b - a for a, b in zip(self._cpu0, await self._cpu(), strict=True))
         seconds = time.perf_counter() - self._t0
         stats = await self.client.info("commandstats")
         calls: dict[str, int] = {}
+        usec: dict[str, int] = {}
         for key, value in stats.items():
             name = key.removeprefix("cmdstat_")
             if name.split("|", 1)[0] in DRIVER_ONLY:  # Redis 7 names subcommands config|get
@@ -271,7 +285,8 @@ class RedisMeter:
             n = int(value["calls"]) - self._own.get(name, 0)
             if n > 0:
                 calls[name] = n
-        return RedisWork(cpu, calls, seconds)
+                usec[name] = int(value["usec"])
+        return RedisWork(cpu, calls, seconds, sys_s, usec)
 
 
 def git(*args: str, cwd: Path = ROOT) -> str:

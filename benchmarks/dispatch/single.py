@@ -164,6 +164,7 @@ def goal2(n: int, conc: int, got: list[sc.Burst]) -> Section:
     )
     low = got[us.index(best_us)]
     s.note(f"Commands per delivery by name (the lower burst): {low.redis.breakdown(low.n)}.")
+    s.note(f"Redis CPU per delivery (the lower burst): {low.redis.time_breakdown(low.n)}.")
     return s
 
 
