@@ -19,43 +19,48 @@
 --@lib
 -- A success sets these whatever they held (lifecycle.SUCCESS_FIELDS).
 local SUCCESS_FIELDS = {'"last_triggered_at":', '"last_success_at":', '"consecutive_failures":'}
--- A subscription's JSON with the values of SUCCESS_FIELDS cut out, or nil unless each is named
--- once and holds a plain value (a string without escapes, a whole number or null). Found by
--- plain search, not decoded: cjson would change the document's form.
-local function without_success_fields(doc)
-  if type(doc) ~= 'string' then return nil end
-  local cuts = {}
-  for f, name in ipairs(SUCCESS_FIELDS) do
-    local _, e = string.find(doc, name, 1, true)
-    if not e or string.find(doc, name, e + 1, true) then return nil end
-    local from, to = e + 1, nil
-    if string.byte(doc, from) == 34 then -- a string: to its closing quote, with no escape before
-      to = string.find(doc, '"', from + 1, true)
-      local escape = string.find(doc, '\\', from + 1, true)
-      if not to or (escape and escape < to) then return nil end
-    elseif string.find(doc, '^null', from) then
-      to = from + 3
-    else
-      _, to = string.find(doc, '^%-?%d+', from)
-      if not to then return nil end
-    end
-    cuts[f] = {from, to}
+-- Where the plain value that starts at `from` ends (a string without escapes, a whole number
+-- or null), or nil.
+local function value_end(doc, from)
+  local c = string.byte(doc, from)
+  if c == 34 then -- '"'
+    local to = string.find(doc, '"', from + 1, true)
+    local escape = string.find(doc, '\\', from + 1, true)
+    if escape and to and escape < to then return nil end
+    return to
+  elseif c == 110 then -- 'n'
+    return string.find(doc, '^null', from) and from + 3 or nil
   end
-  table.sort(cuts, function(x, y) return x[1] < y[1] end)
-  local parts, at = {}, 1
-  for _, cut in ipairs(cuts) do
-    parts[#parts + 1] = string.sub(doc, at, cut[1] - 1)
-    at = cut[2] + 1
-  end
-  parts[#parts + 1] = string.sub(doc, at)
-  return table.concat(parts)
+  local _, to = string.find(doc, '^%-?%d+', from)
+  return to
 end
 -- Whether a success's write fits a subscription other than the one it was made from: when the
--- two differ in SUCCESS_FIELDS alone, the success sets them, so its document is the merge of
--- either (another instance's success written meanwhile does not make it go round again).
+-- two differ in the values of SUCCESS_FIELDS alone, the success sets them, so its document is the
+-- merge of either (another instance's success written meanwhile does not make it go round
+-- again). Each field must be named once in `expected`, with a plain value in both; found by
+-- plain search, not decoded (cjson would change the document's form). The parts of `expected`
+-- between the values must start exactly where `current`'s values end.
 local function fits_success(current, expected)
-  local a = without_success_fields(current)
-  return a ~= nil and a == without_success_fields(expected)
+  if type(current) ~= 'string' or type(expected) ~= 'string' then return false end
+  local cuts = {}
+  for f, name in ipairs(SUCCESS_FIELDS) do
+    local _, e = string.find(expected, name, 1, true)
+    if not e or string.find(expected, name, e + 1, true) then return false end
+    local to = value_end(expected, e + 1)
+    if not to then return false end
+    cuts[f] = {e + 1, to}
+  end
+  table.sort(cuts, function(x, y) return x[1] < y[1] end)
+  local at, pos = 1, 1 -- in expected, in current
+  for _, cut in ipairs(cuts) do
+    local part = string.sub(expected, at, cut[1] - 1)
+    if string.find(current, part, pos, true) ~= pos then return false end
+    local to = value_end(current, pos + #part)
+    if not to then return false end
+    pos, at = to + 1, cut[2] + 1
+  end
+  local rest = string.sub(expected, at)
+  return #current - pos + 1 == #rest and string.find(current, rest, pos, true) == pos
 end
 local n = tonumber(ARGV[5])
 if n == 0 then return {} end
