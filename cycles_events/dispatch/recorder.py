@@ -26,7 +26,7 @@ from cycles_events.storevalues import Reply, Write
 from cycles_events.supervise import Faults, Tasks
 
 MAX_BATCH = 256
-LINGER_S = 0.005
+LINGER_S = 0.010
 LINGER_BELOW = 16
 MAX_CAS_ROUNDS = 20
 MAX_KNOWN = 10_000
