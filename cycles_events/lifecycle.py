@@ -158,8 +158,7 @@ SUCCESS_FIELDS = ("last_triggered_at", "last_success_at", "consecutive_failures"
 
 
 def success_merges_by_text(raw: str, doc: JsonObject) -> bool:
-    """Whether OUTCOME may apply a success to this read of a subscription changed in
-    SUCCESS_FIELDS alone: each is a top-level field of `doc` named once in `raw`."""
+    """Whether a success's write may fit a change to SUCCESS_FIELDS alone: each top-level, once."""
     return all(name in doc and raw.count(f'"{name}":') == 1 for name in SUCCESS_FIELDS)
 
 

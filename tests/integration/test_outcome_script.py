@@ -8,7 +8,7 @@ from redis.asyncio import Redis
 from cycles_events import keys
 from cycles_events.connection import RedisState
 from cycles_events.store import Store
-from cycles_events.storevalues import Write
+from cycles_events.storevalues import Reply, Write
 
 
 async def claimed(store: Store, redis: Redis, ids: list[str]) -> str:
@@ -58,30 +58,6 @@ async def test_a_wrong_typed_subscription_fails_its_item_alone(redis: Redis) -> 
     assert await redis.hget(keys.CLAIM_OWNER, "d2") is None
 
 
-async def test_a_subscription_changed_meanwhile_conflicts_with_its_current_record(
-    redis: Redis,
-) -> None:
-    store = Store(redis, state=RedisState())
-    token = await claimed(store, redis, ["d1"])
-    await redis.set(keys.subscription("sub"), '{"v": 7}')
-    (reply,) = await store.record(
-        [
-            Write(
-                "d1",
-                token,
-                '{"id": "d1"}',
-                subscription_id="sub",
-                expected='{"v": 1}',
-                new='{"v": 2}',
-            )
-        ],
-        failed_max_len=100,
-    )
-    assert reply.status == "conflict" and reply.current == b'{"v": 7}'
-    assert await redis.get(keys.subscription("sub")) == b'{"v": 7}'
-    assert await redis.lrange(keys.PROCESSING, 0, -1) == [b"d1"]
-
-
 READ = (
     '{"subscription_id":"sub","status":"ACTIVE","consecutive_failures":0,'
     '"last_triggered_at":"2026-12-01T10:00:00.000Z","last_success_at":null,"metadata":{"k":"v"}}'
@@ -90,26 +66,28 @@ OURS = READ.replace('"last_success_at":null', '"last_success_at":"2026-12-01T10:
 OURS = OURS.replace("10:00:00.000Z", "10:00:05.000Z")
 
 
-async def success_against(redis: Redis, stored: str, merge: str = "S") -> tuple[str, bytes]:
-    """A success's write, made from READ, against a subscription stored as `stored`."""
+async def write_against(
+    redis: Redis, stored: str, *, expected: str = READ, new: str = OURS, merge: str = "S"
+) -> tuple[Reply, bytes]:
+    """One write, made from `expected` (a success's, from READ, unless told), against a
+    subscription stored as `stored`: its reply and the subscription after it."""
     store = Store(redis, state=RedisState())
     token = await claimed(store, redis, ["d1"])
     await redis.set(keys.subscription("sub"), stored)
-    (reply,) = await store.record(
-        [
-            Write(
-                "d1",
-                token,
-                '{"id": "d1"}',
-                subscription_id="sub",
-                expected=READ,
-                new=OURS,
-                merge=merge,
-            )
-        ],
-        failed_max_len=100,
+    write = Write("d1", token, '{"id": "d1"}', subscription_id="sub", expected=expected, new=new)
+    (reply,) = await store.record([write._replace(merge=merge)], failed_max_len=100)
+    return reply, await redis.get(keys.subscription("sub")) or b""
+
+
+async def test_a_subscription_changed_meanwhile_conflicts_with_its_current_record(
+    redis: Redis,
+) -> None:
+    reply, now = await write_against(
+        redis, '{"v": 7}', expected='{"v": 1}', new='{"v": 2}', merge=""
     )
-    return reply.status, await redis.get(keys.subscription("sub")) or b""
+    assert reply.status == "conflict" and reply.current == b'{"v": 7}'
+    assert now == b'{"v": 7}'
+    assert await redis.lrange(keys.PROCESSING, 0, -1) == [b"d1"]
 
 
 async def test_a_success_fits_a_subscription_changed_only_where_a_success_writes(
@@ -119,8 +97,8 @@ async def test_a_success_fits_a_subscription_changed_only_where_a_success_writes
     stored = READ.replace('"consecutive_failures":0', '"consecutive_failures":12')
     stored = stored.replace("10:00:00.000Z", "10:00:03.123456Z")
     stored = stored.replace('"last_success_at":null', '"last_success_at":"2026-12-01T10:00:02Z"')
-    status, now = await success_against(redis, stored)
-    assert status == "ok" and now == OURS.encode()
+    reply, now = await write_against(redis, stored)
+    assert reply.status == "ok" and now == OURS.encode()
     assert await redis.hget(keys.CLAIM_OWNER, "d1") is None
 
 
@@ -139,8 +117,8 @@ async def test_what_a_success_cannot_be_sure_of_conflicts(redis: Redis) -> None:
         ),
     }
     for case, stored in cases.items():
-        status, now = await success_against(redis, stored)
-        assert (status, now) == ("conflict", stored.encode()), case
+        reply, now = await write_against(redis, stored)
+        assert (reply.status, now) == ("conflict", stored.encode()), case
         await redis.flushdb()
-    status, _ = await success_against(redis, changed, merge="")  # not a success's write
-    assert status == "conflict"
+    reply, _ = await write_against(redis, changed, merge="")  # not a success's write
+    assert reply.status == "conflict"
