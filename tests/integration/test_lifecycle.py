@@ -334,6 +334,43 @@ async def test_concurrent_admin_write_is_never_lost(
     assert final["name"] == "final-admin-name" and final["consecutive_failures"] == 0
 
 
+async def test_two_instances_successes_never_clobber_an_admin_write(
+    start_app: StartApp, admin: Admin, receiver: Receiver, redis: Redis
+) -> None:
+    # each instance's success fits the other's (compact JSON, as Java and we write it); an admin
+    # rename between them must still conflict and be merged, never overwritten
+    await admin.security()
+    sub = await admin.subscription(receiver.url())
+    key = f"webhook:{sub}"
+    doc = json.loads(await redis.get(key))
+    doc.update(last_triggered_at=None, last_success_at=None)
+    await redis.set(key, json.dumps(doc, separators=(",", ":")))
+    ids = [await admin.deliver(sub) for _ in range(120)]
+    await start_app()
+    await start_app()
+    landed = None
+    for i in range(60):
+        async with redis.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(key)
+                current = json.loads(await pipe.get(key))
+                current["name"] = f"renamed-{i}"
+                pipe.multi()
+                pipe.set(key, json.dumps(current, separators=(",", ":")))
+                await pipe.execute()
+                landed = i
+            except WatchError:
+                continue
+        await asyncio.sleep(0.002)
+    await admin.wait_status(ids, {"SUCCESS"})
+    assert landed is not None
+    final = await admin.sub_record(sub)
+    assert final["name"] == f"renamed-{landed}"
+    assert final["consecutive_failures"] == 0
+    assert final["last_success_at"] == final["last_triggered_at"] is not None
+    assert len(receiver.requests) == 120
+
+
 async def test_failure_logs_carry_the_ids_to_tie_them_to_a_receiver(
     start_app: StartApp,
     admin: Admin,
