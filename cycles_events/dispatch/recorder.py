@@ -140,7 +140,8 @@ class Recorder:
             # and a queued outcome holds no worker), until LINGER_BELOW of them are queued
             self._company.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._company.wait(), LINGER_S)
+                async with asyncio.timeout(LINGER_S):  # no task per wait, unlike wait_for
+                    await self._company.wait()
         while self._queue:
             batch = [self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue)))]
             await self._write(batch)

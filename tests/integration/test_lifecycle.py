@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from collections.abc import Callable
 
 import pytest
 from redis.asyncio import Redis
@@ -298,6 +299,32 @@ async def test_bad_input_fails_cleanly_and_pool_keeps_its_size(
     assert app.pipeline.counts.claimed == 0 and not app.tasks["dispatcher"].done()
 
 
+def compact(doc: object) -> str:
+    """JSON without spaces, as Java and we write it."""
+    return json.dumps(doc, separators=(",", ":"))
+
+
+async def admin_renames(redis: Redis, key: str, encode: Callable[[object], str]) -> int | None:
+    """Rename a subscription 60 times while deliveries update it, as an admin PATCH does
+    (WATCH/MULTI: a write lands only if nothing changed between its read and its write); the
+    number of the last rename that landed."""
+    landed = None
+    for i in range(60):
+        async with redis.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(key)
+                current = json.loads(await pipe.get(key))
+                current["name"] = f"renamed-{i}"
+                pipe.multi()
+                pipe.set(key, encode(current))
+                await pipe.execute()
+                landed = i
+            except WatchError:
+                continue
+        await asyncio.sleep(0.002)
+    return landed
+
+
 async def test_concurrent_admin_write_is_never_lost(
     start_app: StartApp, admin: Admin, receiver: Receiver, redis: Redis
 ) -> None:
@@ -305,22 +332,7 @@ async def test_concurrent_admin_write_is_never_lost(
     sub = await admin.subscription(receiver.url())
     ids = [await admin.deliver(sub) for _ in range(60)]
     await start_app()
-    # the admin renames the subscription while deliveries update it, as an admin PATCH does
-    # (WATCH/MULTI: a write lands only if nothing changed between its read and its write)
-    landed = None
-    for i in range(60):
-        async with redis.pipeline(transaction=True) as pipe:
-            try:
-                await pipe.watch(f"webhook:{sub}")
-                current = json.loads(await pipe.get(f"webhook:{sub}"))
-                current["name"] = f"renamed-{i}"
-                pipe.multi()
-                pipe.set(f"webhook:{sub}", json.dumps(current))
-                await pipe.execute()
-                landed = i
-            except WatchError:
-                continue
-        await asyncio.sleep(0.002)
+    landed = await admin_renames(redis, f"webhook:{sub}", json.dumps)
     await admin.wait_status(ids, {"SUCCESS"})
     assert landed is not None
     final = await admin.sub_record(sub)
@@ -344,24 +356,11 @@ async def test_two_instances_successes_never_clobber_an_admin_write(
     key = f"webhook:{sub}"
     doc = json.loads(await redis.get(key))
     doc.update(last_triggered_at=None, last_success_at=None)
-    await redis.set(key, json.dumps(doc, separators=(",", ":")))
+    await redis.set(key, compact(doc))
     ids = [await admin.deliver(sub) for _ in range(120)]
     await start_app()
     await start_app()
-    landed = None
-    for i in range(60):
-        async with redis.pipeline(transaction=True) as pipe:
-            try:
-                await pipe.watch(key)
-                current = json.loads(await pipe.get(key))
-                current["name"] = f"renamed-{i}"
-                pipe.multi()
-                pipe.set(key, json.dumps(current, separators=(",", ":")))
-                await pipe.execute()
-                landed = i
-            except WatchError:
-                continue
-        await asyncio.sleep(0.002)
+    landed = await admin_renames(redis, key, compact)
     await admin.wait_status(ids, {"SUCCESS"})
     assert landed is not None
     final = await admin.sub_record(sub)
