@@ -29,7 +29,7 @@ EVENT_PREFIX = "event:"
 SUBSCRIPTION_PREFIX = "webhook:"
 SECRET_PREFIX = "webhook:secret:"
 PREVIOUS_SECRET_SUFFIX = ":previous"
-# what CLAIM and ADOPT are given to read a claimed delivery's event, subscription and secrets
+# what CLAIM is given to read a claimed delivery's event, subscription and secrets
 RELATED_PREFIXES = (EVENT_PREFIX, SUBSCRIPTION_PREFIX, SECRET_PREFIX, PREVIOUS_SECRET_SUFFIX)
 OUTBOX_TASK_PREFIX = "dispatcher:event-outbox:task:"
 
@@ -104,7 +104,6 @@ def _script(name: str) -> str:
 
 
 CLAIM = _script("claim")
-ADOPT = _script("adopt")
 HEARTBEAT = _script("heartbeat")
 RECOVER = _script("recover")
 PROMOTE = _script("promote")

@@ -43,7 +43,6 @@ class Store(RedisIO):
         self.blocking = blocking or redis
         r = redis
         self._claim = r.register_script(keys.CLAIM)
-        self._adopt = r.register_script(keys.ADOPT)
         self._outcome = r.register_script(keys.OUTCOME)
         self._heartbeat = r.register_script(keys.HEARTBEAT)
         self._recover = r.register_script(keys.RECOVER)
@@ -63,10 +62,11 @@ class Store(RedisIO):
         return seconds * 1000 + micros // 1000, (before + time.monotonic()) / 2
 
     async def claim(
-        self, limit: int, token: str, *, due: bool = False, again: bool = False
+        self, limit: int, token: str, *, due: bool = False, again: bool = False, moved: str = ""
     ) -> Claimed:
-        """Claim up to `limit` ids of pending (or due retries) with records; `again` (the same
-        token after a lost reply) answers what that call claimed instead of taking more."""
+        """Claim up to `limit` ids of pending (or due retries) with records, first the id
+        `wait_for_one` moved, if any; `again` (the same token after a lost reply) answers what
+        that call claimed instead of taking more."""
         ids, dups, records, now, *rel = await self._run(
             self._claim(
                 keys=[
@@ -83,6 +83,7 @@ class Store(RedisIO):
                     "due" if due else "pending",
                     CLAIM_READS_RELATED_UP_TO,
                     *keys.RELATED_PREFIXES,
+                    moved,
                 ],
             )
         )
@@ -96,18 +97,6 @@ class Store(RedisIO):
             self.blocking.blmove(keys.PENDING, keys.PROCESSING, timeout, "RIGHT", "LEFT")
         )
         return None if raw is None else text_of(raw)
-
-    async def adopt(self, delivery_id: str, token: str) -> Claimed:
-        """Claim an id `wait_for_one` moved (idempotent for one token)."""
-        owned, record, now, *rel = await self._run(
-            self._adopt(
-                keys=[keys.PROCESSING, keys.CLAIMED_AT, keys.CLAIM_OWNER],
-                args=[delivery_id, token, keys.DELIVERY_PREFIX, *keys.RELATED_PREFIXES],
-            )
-        )
-        if int(owned) != 1:
-            return Claimed([], [], 1, int(now))
-        return Claimed([delivery_id], [to_bytes(record)], 0, int(now), related_reply(*rel))
 
     async def load_deliveries(self, ids: Sequence[str]) -> list[bytes | None]:
         """The delivery records of `ids`, in order."""

@@ -42,7 +42,7 @@ class Related:
 
 class Claimed(NamedTuple):
     """Ids just claimed, their delivery records (None when missing), duplicates dropped, and
-    the records those name when the claim read them too (a small claim or an adoption)."""
+    the records those name when the claim read them too (a small claim)."""
 
     ids: list[str]
     records: list[bytes | None]
@@ -63,7 +63,7 @@ def related_of(events: list[str], subs: list[str], values: list[bytes | None]) -
 
 
 def related_reply(events: Any, subs: Any, values: Any) -> Related:
-    """The related records CLAIM and ADOPT read."""
+    """The related records CLAIM reads."""
     return related_of([text_of(e) for e in events], [text_of(s) for s in subs], bytes_list(values))
 
 

@@ -61,7 +61,8 @@ class Claimer:
         self.consuming = False  # claims answered lately: Redis is there and we take work
         self.blocking = False  # waiting on an empty queue (the one wait a stop cuts short)
         self._unanswered: str | None = None  # a CLAIM token whose reply was lost
-        self._unadopted: tuple[str, str] | None = None  # an id moved by BLMOVE, not yet adopted
+        self._unadopted: str | None = None  # an id moved by BLMOVE, not yet adopted
+        self._drained = False  # the last claim emptied pending: the next step is the blocking wait
         self._retry_lane = retry_lane  # retries claimed straight from dispatch:retry, at most
         self._lane_held: set[str] = set()
         self._lane_unanswered: str | None = None
@@ -138,32 +139,29 @@ class Claimer:
                 self._accept(claimed, token)
 
     async def _claim(self, limit: int) -> tuple[Claimed, str]:
-        """A batch when pending has one, else one id after a blocking wait (as Java takes it)."""
-        if self._unadopted is not None:
-            return await self._adopt(*self._unadopted)
+        """A batch; after one that emptied pending, a blocking wait first (as Java takes one id)
+        and then the id it moved with whatever came with it, in the same claim."""
+        limit = max(1, limit)
+        if self._drained and self._unanswered is None and self._unadopted is None:
+            self._drained = False
+            self.blocking = True
+            try:
+                self._unadopted = await self._store.wait_for_one(self._pending_timeout_s)
+            finally:
+                self.blocking = False
+            if self._unadopted is None:
+                return Claimed([], [], 0, 0), ""
         again = self._unanswered is not None
         token = self._unanswered or self._token()
         self._unanswered = token
-        claimed = await self._store.claim(max(1, limit), token, again=again)
-        self._unanswered = None
+        moved = self._unadopted or ""
+        claimed = await self._store.claim(limit, token, again=again, moved=moved)
+        self._unanswered = self._unadopted = None
         # answered: Redis is there and we take work (ready now, not after the blocking wait)
         self.consuming = True
         self._faults.ok("claim")
-        if claimed.ids or claimed.duplicates or not self.accepting:
-            return claimed, token
-        self.blocking = True
-        try:
-            moved = await self._store.wait_for_one(self._pending_timeout_s)
-        finally:
-            self.blocking = False
-        if moved is None:
-            return claimed, token
-        return await self._adopt(moved, self._token())
-
-    async def _adopt(self, delivery_id: str, token: str) -> tuple[Claimed, str]:
-        self._unadopted = (delivery_id, token)
-        claimed = await self._store.adopt(delivery_id, token)
-        self._unadopted = None
+        # less than asked for: pending is empty, and asking again at once would find nothing
+        self._drained = len(claimed.ids) + claimed.duplicates < limit
         return claimed, token
 
     def _accept(self, claimed: Claimed, token: str) -> None:

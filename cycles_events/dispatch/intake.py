@@ -89,22 +89,37 @@ class Intake:
     ) -> None:
         """Accept a claimed batch (with its records, and theirs, when the claim read them)."""
         self._counts.loading += len(ids)
-        self._tasks.spawn(self._load(list(ids), token, records, related), "intake")
+        if records is None:
+            self._tasks.spawn(self._load(list(ids), token), "intake")
+        else:
+            # at hand: a task would cost the batch a turn of a busy loop before it is sent
+            self._intake(list(ids), token, records, related)
 
     def reload(self, job: Job) -> None:
         """Load a delivery again: it waited at the gate long enough for its records to change."""
         self.take([job.delivery.delivery_id], job.token, None)
 
-    async def _load(
+    async def _load(self, ids: list[str], token: str) -> None:
+        try:
+            raws = await self._redis_load(ids)
+        except Exception as exc:  # nothing was handed on: all of it is retried
+            self._failed(ids, token, exc)
+            self._counts.loading -= len(ids)
+            self._counts.freed()
+            return
+        self._intake(ids, token, raws, None)
+
+    def _intake(
         self,
         ids: list[str],
         token: str,
-        records: Sequence[bytes | None] | None,
-        read: Related | None = None,
+        raws: Sequence[bytes | None],
+        read: Related | None,
     ) -> None:
-        pending = set(ids)
+        """Screen a batch; prepare it now if the claim read what it names, else after a read."""
+        pending = set(ids)  # not handed on yet (to the gate, the recorder or a read)
+        reading = 0
         try:
-            raws = records if records is not None else await self._redis_load(ids)
             screened: list[Delivery] = []
             for delivery_id, raw in zip(ids, raws, strict=True):
                 pending.discard(delivery_id)
@@ -116,27 +131,46 @@ class Intake:
                 if d is not None:
                     screened.append(d)
                     pending.add(delivery_id)
-            if not screened:
+            if screened and (read is None or not covers(read, screened)):
+                self._tasks.spawn(self._load_related(screened, token), "intake")
+                reading = len(screened)  # loading until their read ends
+                pending.clear()
                 return
-            if read is None or not covers(read, screened):
-                read = await self._redis_related(screened)
-            related = read
-            for d in screened:
-                pending.discard(d.delivery_id)
-                try:
-                    job = self._prepare(d, token, related)
-                except Exception as exc:
-                    self._error(d.delivery_id, token, exc)
-                    continue
-                if job is not None:
-                    self._to_gate(job)
-        except Exception as exc:  # a load that failed: what it had not handed on is retried
-            for delivery_id in pending:
-                self._error(delivery_id, token, exc)
-            pending.clear()
+            if read is not None:
+                self._prepare_all(screened, token, read, pending)
+        except Exception as exc:  # what it had not handed on is retried
+            self._failed(list(pending), token, exc)
         finally:
-            self._counts.loading -= len(ids)
+            self._counts.loading -= len(ids) - reading
             self._counts.freed()
+
+    async def _load_related(self, screened: list[Delivery], token: str) -> None:
+        pending = {d.delivery_id for d in screened}
+        try:
+            read = await self._redis_related(screened)
+            self._prepare_all(screened, token, read, pending)
+        except Exception as exc:
+            self._failed(list(pending), token, exc)
+        finally:
+            self._counts.loading -= len(screened)
+            self._counts.freed()
+
+    def _prepare_all(
+        self, screened: list[Delivery], token: str, related: Related, pending: set[str]
+    ) -> None:
+        for d in screened:
+            pending.discard(d.delivery_id)
+            try:
+                job = self._prepare(d, token, related)
+            except Exception as exc:
+                self._error(d.delivery_id, token, exc)
+                continue
+            if job is not None:
+                self._to_gate(job)
+
+    def _failed(self, ids: list[str], token: str, exc: Exception) -> None:
+        for delivery_id in ids:
+            self._error(delivery_id, token, exc)
 
     def _error(self, delivery_id: str, token: str, exc: Exception) -> None:
         self._faults.failed("intake", exc, delivery_id=delivery_id)

@@ -8,7 +8,8 @@
 -- ARGV[1] max ids, ARGV[2] claim token, ARGV[3] delivery key prefix, ARGV[4] 'again' when the
 -- call repeats one whose reply was lost, else '',
 -- ARGV[5] 'pending' or 'due', ARGV[6] the most ids whose related records are read too,
--- ARGV[7..10] the related records' key prefixes
+-- ARGV[7..10] the related records' key prefixes, ARGV[11] an id BLMOVE moved to the left of
+-- processing, adopted first ('' when none; 'pending' only)
 -- Returns {ids, duplicates dropped, their records (false: missing or not a string), now ms} and,
 -- when it read them, {related event ids, related subscription ids, their records}.
 -- A few ids come when deliveries trickle in, and then the read saves the intake a round trip.
@@ -19,11 +20,15 @@
 -- a lost reply, 'again') returns the ids its token owns instead of taking more: every claim
 -- token is used by one call only, so those are the ones that call took. That costs a walk of
 -- claim_owner, but only after a lost reply, where saving each reply would cost every claim.
+-- The adopted id is claimed, as Java does, only while it is listed and has no owner other than
+-- '__orphan__'; a copy held by another live claimant is a duplicate: our copy is removed. Taking
+-- the ids that came with it in the same call saves a round trip after every idle wait.
 --@lib
 -- Every key it would touch is type-checked on every call (readiness falls at once when one is
 -- wrong, even while the queue is empty); the reads of pending and claim_owner are their checks.
 local due = ARGV[5] == 'due'
 local now = now_ms()
+local moved = ARGV[11]
 local function answer(ids, dups)
   if #ids == 0 then return {ids, dups, {}, now} end
   local names = {}
@@ -41,22 +46,41 @@ if ARGV[4] == 'again' then
   end
   if #held > 0 then return answer(held, 0) end -- else the call never ran, or took nothing
 end
-local listed
+local wanted = tonumber(ARGV[1])
+if moved ~= '' then wanted = wanted - 1 end
+local listed = {}
 if due then
-  listed = read('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
-else
-  listed = read('LRANGE', KEYS[1], -tonumber(ARGV[1]), -1)
+  listed = read('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, wanted)
+elseif wanted > 0 then
+  listed = read('LRANGE', KEYS[1], -wanted, -1)
+elseif not is(KEYS[1], 'list') then
+  listed = nil
 end
 if not listed then return wrongtype_reply(KEYS[1]) end
 local bad = wrong(KEYS[2], 'list', KEYS[3], 'zset')
 if bad then return wrongtype_reply(bad) end
+local take, seen, dups = {}, {}, 0
+if moved ~= '' then
+  local owner = read('HGET', KEYS[4], moved) -- claim_owner's type check
+  if owner == nil then return wrongtype_reply(KEYS[4]) end
+  local copies = #redis.call('LPOS', KEYS[2], moved, 'COUNT', 2)
+  if copies > 1 and owner and owner ~= ORPHAN then
+    redis.call('LREM', KEYS[2], 1, moved) -- the leftmost copy: the one BLMOVE just pushed
+    dups = 1
+  elseif copies > 0 then -- unowned, Java's orphan, or a stale owner of the only listed copy
+    redis.call('ZADD', KEYS[3], arg(now), moved)
+    redis.call('HSET', KEYS[4], moved, ARGV[2])
+    take[1] = moved
+    seen[moved] = true
+  end
+end
+local adopted = #take
 if #listed == 0 then
-  if not is(KEYS[4], 'hash') then return wrongtype_reply(KEYS[4]) end
-  return answer({}, 0)
+  if moved == '' and not is(KEYS[4], 'hash') then return wrongtype_reply(KEYS[4]) end
+  return answer(take, dups)
 end
 local owners = read('HMGET', KEYS[4], unpack(listed))
 if not owners then return wrongtype_reply(KEYS[4]) end
-local take, seen, dups = {}, {}, 0
 local first, last, step = #listed, 1, -1 -- the oldest first: the right of the list
 if due then first, last, step = 1, #listed, 1 end -- the earliest due first
 for i = first, last, step do
@@ -72,10 +96,11 @@ for i = first, last, step do
     dups = dups + 1
   end
 end
-if #take > 0 then
-  redis.call('LPUSH', KEYS[2], unpack(take))
+if #take > adopted then
+  redis.call('LPUSH', KEYS[2], unpack(take, adopted + 1))
   local scored, owned, at = {}, {}, arg(now)
-  for _, id in ipairs(take) do
+  for i = adopted + 1, #take do
+    local id = take[i]
     scored[#scored + 1] = at
     scored[#scored + 1] = id
     owned[#owned + 1] = id

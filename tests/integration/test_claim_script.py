@@ -1,5 +1,6 @@
-"""CLAIM answers its delivery records, and a small claim (as when deliveries trickle in) or an
-ADOPT also the events, subscriptions and secrets they name (real Redis, through the store)."""
+"""CLAIM answers its delivery records, and a small claim (as when deliveries trickle in, and
+after a blocking wait) also the events, subscriptions and secrets they name (real Redis, through
+the store)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from cycles_events import keys
+from cycles_events.keys import ORPHAN
 from cycles_events.connection import RedisState
 from cycles_events.dispatch.intake import covers
 from cycles_events.models import Delivery
@@ -55,7 +57,7 @@ async def test_a_bigger_claim_leaves_them_to_the_intake(redis: Redis) -> None:
     assert again.ids == got.ids and again.records == got.records
 
 
-async def test_ids_adopt_cannot_read_plainly_are_left_to_the_intake(redis: Redis) -> None:
+async def test_ids_a_claim_cannot_read_plainly_are_left_to_the_intake(redis: Redis) -> None:
     store = Store(redis, state=RedisState())
     escaped = (
         '{"id": "d1", "event_id": "evt_\\u0031", "subscription_id": "whsub_a", "status": "PENDING"}'
@@ -63,7 +65,7 @@ async def test_ids_adopt_cannot_read_plainly_are_left_to_the_intake(redis: Redis
     await redis.set(keys.delivery("d1"), escaped)
     await redis.lpush(keys.PENDING, "d1")
     assert await store.wait_for_one(1.0) == "d1"
-    got = await store.adopt("d1", "t:1")
+    got = await store.claim(8, "t:1", moved="d1")
     assert got.related is not None and got.related.events == {}
     (raw,) = got.records
     assert raw is not None
@@ -79,14 +81,15 @@ async def test_an_adopted_claim_reads_the_records_it_names(redis: Redis) -> None
     await redis.lpush(keys.PENDING, "d1")
     moved = await store.wait_for_one(1.0)
     assert moved == "d1"
-    got = await store.adopt("d1", "t:2")
+    got = await store.claim(8, "t:2", moved="d1")
     assert got.ids == ["d1"] and got.related is not None
     assert got.related.events == {"evt_1": b"E1"}
     assert got.related.subscriptions == {"whsub_a": b"S"}
     assert got.related.secrets == {"whsub_a": b"K"}
     assert got.related.previous_secrets == {"whsub_a": None}
     assert covers(got.related, [Delivery.parse("d1", got.records[0] or b"")])
-    again = await store.adopt("d1", "t:2")  # the same call after a lost reply: the same answer
+    # the same call after a lost reply: the same answer
+    again = await store.claim(8, "t:2", again=True, moved="d1")
     assert again.ids == got.ids and again.related == got.related
 
 
@@ -147,3 +150,58 @@ async def test_a_claim_of_an_empty_queue_refuses_a_key_of_another_type_too(
     await redis.set(key, "not a list, zset or hash")
     with pytest.raises(ResponseError, match=f"WRONGTYPE {key} "):
         await store.claim(5, "t:1")
+
+
+async def test_an_id_a_blocking_wait_moved_is_claimed_first_with_those_that_came_with_it(
+    redis: Redis,
+) -> None:
+    store = Store(redis, state=RedisState())
+    for delivery_id in ("d1", "d2", "d3", "d4"):
+        await redis.set(keys.delivery(delivery_id), record(delivery_id, "evt_1", "whsub_a"))
+    await redis.lpush(keys.PENDING, "d1")
+    assert await store.wait_for_one(1.0) == "d1"
+    await redis.lpush(keys.PENDING, "d2", "d3", "d4")
+    got = await store.claim(3, "t:1", moved="d1")
+    assert got.ids == ["d1", "d2", "d3"] and got.duplicates == 0
+    assert got.records[0] == record("d1", "evt_1", "whsub_a").encode()
+    assert await redis.lrange(keys.PENDING, 0, -1) == [b"d4"]
+    assert sorted(await redis.lrange(keys.PROCESSING, 0, -1)) == [b"d1", b"d2", b"d3"]
+    owners = {b"d1": b"t:1", b"d2": b"t:1", b"d3": b"t:1"}
+    assert await redis.hgetall(keys.CLAIM_OWNER) == owners
+    assert await redis.zcard(keys.CLAIMED_AT) == 3
+    alone = await store.claim(1, "t:2", moved="")  # a claim of one leaves the rest
+    assert alone.ids == ["d4"]
+
+
+async def test_a_moved_id_claimed_only_by_itself_when_the_claim_has_room_for_one(
+    redis: Redis,
+) -> None:
+    store = Store(redis, state=RedisState())
+    await redis.set(keys.delivery("d1"), record("d1", "evt_1", "whsub_a"))
+    await redis.lpush(keys.PENDING, "d1")
+    assert await store.wait_for_one(1.0) == "d1"
+    await redis.lpush(keys.PENDING, "d2")
+    got = await store.claim(1, "t:1", moved="d1")
+    assert got.ids == ["d1"] and await redis.lrange(keys.PENDING, 0, -1) == [b"d2"]
+
+
+@pytest.mark.parametrize(("owner", "ours"), [("other:1", False), (ORPHAN, True)])
+async def test_a_moved_copy_of_an_id_another_claimant_holds_is_a_duplicate(
+    redis: Redis, owner: str, ours: bool
+) -> None:
+    """As Java does: a second copy of a live claim is dropped, Java's orphan mark is free."""
+    store = Store(redis, state=RedisState())
+    await redis.set(keys.delivery("d1"), record("d1", "evt_1", "whsub_a"))
+    await redis.lpush(keys.PROCESSING, "d1")
+    await redis.hset(keys.CLAIM_OWNER, "d1", owner)
+    await redis.lpush(keys.PENDING, "d1")  # pushed again while claimed
+    assert await store.wait_for_one(1.0) == "d1"
+    got = await store.claim(8, "t:1", moved="d1")
+    if ours:
+        assert got.ids == ["d1"] and got.duplicates == 0
+        assert await redis.hget(keys.CLAIM_OWNER, "d1") == b"t:1"
+        assert await redis.lrange(keys.PROCESSING, 0, -1) == [b"d1", b"d1"]
+    else:
+        assert got.ids == [] and got.duplicates == 1
+        assert await redis.hget(keys.CLAIM_OWNER, "d1") == owner.encode()
+        assert await redis.lrange(keys.PROCESSING, 0, -1) == [b"d1"]

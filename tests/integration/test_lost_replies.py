@@ -102,6 +102,34 @@ async def test_a_claim_whose_reply_was_lost_is_not_left_behind(
     assert metric(app, "cycles_webhook_dispatch_recovered_total") == 0
 
 
+
+@pytest.mark.parametrize("lost", [1, 2])
+async def test_a_claim_after_a_blocking_wait_whose_reply_was_lost_is_not_left_behind(
+    start_app: StartApp,
+    admin: Admin,
+    receiver: Receiver,
+    redis: Redis,
+    proxy: FaultProxy,
+    lost: int,
+) -> None:
+    """The claim that adopts the id BLMOVE moved is asked again with the same token."""
+    await admin.security()
+    sub = await admin.subscription(receiver.url())
+    app = await start_app(REDIS_URL=proxy.url)
+
+    async def blocked() -> bool:
+        return app.pipeline.claimer.blocking
+
+    await wait_until(blocked, True)
+    rule = proxy.drop_reply(command("EVALSHA", sha(keys.CLAIM)), times=lost)
+    ids = [await admin.deliver(sub) for _ in range(3)]
+    docs = await admin.wait_status(ids, {"SUCCESS"}, timeout=10)
+    assert rule.hits == lost and proxy.dropped_replies == lost
+    assert len(receiver.requests) == len(docs) == 3
+    await wait_until(lambda: redis.llen("dispatch:processing"), 0)
+    assert await redis.hlen("dispatch:processing:claim_owner") == 0
+    assert metric(app, "cycles_webhook_dispatch_recovered_total") == 0
+
 async def test_a_retry_notified_during_a_promote_round_trip_is_not_forgotten(
     redis: Redis, proxy: FaultProxy
 ) -> None:
