@@ -62,7 +62,7 @@ class Claimer:
         self.blocking = False  # waiting on an empty queue (the one wait a stop cuts short)
         self._unanswered: str | None = None  # a CLAIM token whose reply was lost
         self._unadopted: str | None = None  # an id moved by BLMOVE, not yet adopted
-        self._drained = False  # the last claim emptied pending: the next step is the blocking wait
+        self._drained = False  # pending looked idle at the last claim: the next step is the wait
         self._retry_lane = retry_lane  # retries claimed straight from dispatch:retry, at most
         self._lane_held: set[str] = set()
         self._lane_unanswered: str | None = None
@@ -139,7 +139,7 @@ class Claimer:
                 self._accept(claimed, token)
 
     async def _claim(self, limit: int) -> tuple[Claimed, str]:
-        """A batch; after one that emptied pending, a blocking wait first (as Java takes one id)
+        """A batch; after one that found pending idle, a blocking wait first (as Java takes one id)
         and then the id it moved with whatever came with it, in the same claim."""
         limit = max(1, limit)
         if self._drained and self._unanswered is None and self._unadopted is None:
@@ -160,8 +160,10 @@ class Claimer:
         # answered: Redis is there and we take work (ready now, not after the blocking wait)
         self.consuming = True
         self._faults.ok("claim")
-        # less than asked for: pending is empty, and asking again at once would find nothing
-        self._drained = len(claimed.ids) + claimed.duplicates < limit
+        # Nothing came, or only the id a wait moved: pending is idle, and asking again at once
+        # would most likely find nothing. After a claim that found some, another most likely
+        # finds more, for less than a wait and the claim after it.
+        self._drained = len(claimed.ids) + claimed.duplicates <= bool(moved)
         return claimed, token
 
     def _accept(self, claimed: Claimed, token: str) -> None:
