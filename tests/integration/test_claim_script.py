@@ -11,9 +11,9 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from cycles_events import keys
-from cycles_events.keys import ORPHAN
 from cycles_events.connection import RedisState
 from cycles_events.dispatch.intake import covers
+from cycles_events.keys import ORPHAN
 from cycles_events.models import Delivery
 from cycles_events.store import CLAIM_READS_RELATED_UP_TO, Store
 

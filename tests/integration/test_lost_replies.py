@@ -102,7 +102,6 @@ async def test_a_claim_whose_reply_was_lost_is_not_left_behind(
     assert metric(app, "cycles_webhook_dispatch_recovered_total") == 0
 
 
-
 @pytest.mark.parametrize("lost", [1, 2])
 async def test_a_claim_after_a_blocking_wait_whose_reply_was_lost_is_not_left_behind(
     start_app: StartApp,
@@ -129,6 +128,7 @@ async def test_a_claim_after_a_blocking_wait_whose_reply_was_lost_is_not_left_be
     await wait_until(lambda: redis.llen("dispatch:processing"), 0)
     assert await redis.hlen("dispatch:processing:claim_owner") == 0
     assert metric(app, "cycles_webhook_dispatch_recovered_total") == 0
+
 
 async def test_a_retry_notified_during_a_promote_round_trip_is_not_forgotten(
     redis: Redis, proxy: FaultProxy
