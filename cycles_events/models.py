@@ -165,10 +165,19 @@ def _second_text(seconds: int) -> str:
 
 
 # Values orjson reads and writes exactly as the standard library does. It reads integers past
-# 64 bits as floats and writes non-finite floats as null, so a record holding a float or a
-# nested value goes through the standard library instead: what is written back keeps every
-# digit.
+# 64 bits as floats and writes non-finite floats as null, so a record holding a float goes
+# through the standard library instead: what is written back keeps every digit.
 _EXACT = frozenset({str, int, bool, type(None)})
+
+
+def _floatless(value: Any) -> bool:
+    """Whether a value orjson read holds no float at any depth (so it read it exactly)."""
+    kind = type(value)
+    if kind is dict:
+        return all(type(v) in _EXACT or _floatless(v) for v in value.values())
+    if kind is list:
+        return all(type(v) in _EXACT or _floatless(v) for v in value)
+    return kind is not float
 
 
 def _plain(value: Any) -> bool:
@@ -208,12 +217,8 @@ def loads_object(raw: bytes | str) -> JsonObject:
     except orjson.JSONDecodeError:
         pass
     else:
-        if type(value) is dict:
-            for item in value.values():
-                if type(item) not in _EXACT:
-                    break
-            else:
-                return value
+        if type(value) is dict and _floatless(value):
+            return value
     try:
         value = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
