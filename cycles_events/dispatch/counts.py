@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-CLAIM_BATCH = 32
+# The most ids one claim takes: a claim of 64 rather than 32 in a burst cost Redis about 1.5 us
+# and the daemon a few us less per delivery (interleaved bursts, six rounds)
+CLAIM_BATCH = 64
+CLAIM_LOW_WATER = 16  # the least room worth a claim (while it is under the concurrency)
 
 
 @dataclass(slots=True)
@@ -35,7 +38,7 @@ class Counts:
     @property
     def low_water(self) -> int:
         """The least room worth a claim (a claim and its loads should serve many deliveries)."""
-        return max(1, min(CLAIM_BATCH // 2, self.concurrency))
+        return max(1, min(CLAIM_LOW_WATER, self.concurrency))
 
     def room(self) -> int:
         """How many ids a claim may take now."""
