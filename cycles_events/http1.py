@@ -109,8 +109,12 @@ class Connection(asyncio.Protocol):
 
     # --- requests ---------------------------------------------------------------------------
 
-    async def exchange(self, request: bytes) -> Answer:
-        """Send one request (head and body) and wait for its whole answer."""
+    def exchange(self, request: bytes) -> asyncio.Future[Answer]:
+        """Send one request (head and body); the future of its whole answer.
+
+        A future, not a coroutine: each resume of the sending worker passes one frame fewer.
+        The answer clears the waiter; a failure leaves it done on a connection that is closed.
+        """
         assert self.transport is not None
         self._reset()
         self._buf.clear()
@@ -118,10 +122,7 @@ class Connection(asyncio.Protocol):
         waiter: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._waiter = waiter
         self.transport.write(request)
-        try:
-            return await waiter
-        finally:
-            self._waiter = None
+        return waiter
 
     def expire(self) -> None:
         """The request under way ran out of time: it fails, and the connection is closed."""
