@@ -110,11 +110,9 @@ class Connection(asyncio.Protocol):
     # --- requests ---------------------------------------------------------------------------
 
     def exchange(self, request: bytes) -> asyncio.Future[Answer]:
-        """Send one request (head and body); the future of its whole answer.
-
-        A future, not a coroutine: each resume of the sending worker passes one frame fewer.
-        The answer clears the waiter; a failure leaves it done on a connection that is closed.
-        """
+        """Send one request (head and body); the future of its whole answer."""
+        # a future, not a coroutine: each resume of the sending worker passes one frame fewer;
+        # the answer clears the waiter, a failure leaves it done on a connection being closed
         assert self.transport is not None
         self._reset()
         self._buf.clear()
