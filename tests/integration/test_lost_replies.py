@@ -82,6 +82,8 @@ async def test_a_terminal_failure_whose_reply_was_lost_counts_once(
 
 
 @pytest.mark.parametrize("lost", [1, 2])
+@pytest.mark.parametrize("idle", [False, True])  # True: the claim that adopts what BLMOVE moved
+@pytest.mark.parametrize("ran", [True, False])  # False: the claim was lost on its way, not run
 async def test_a_claim_whose_reply_was_lost_is_not_left_behind(
     start_app: StartApp,
     admin: Admin,
@@ -89,42 +91,28 @@ async def test_a_claim_whose_reply_was_lost_is_not_left_behind(
     redis: Redis,
     proxy: FaultProxy,
     lost: int,
+    idle: bool,
+    ran: bool,
 ) -> None:
     await admin.security()
     sub = await admin.subscription(receiver.url())
-    ids = [await admin.deliver(sub) for _ in range(20)]
-    rule = proxy.drop_reply(command("EVALSHA", sha(keys.CLAIM)), times=lost)
+    claims = command("EVALSHA", sha(keys.CLAIM))
+    fault = proxy.drop_reply if ran else proxy.fail_request
+    ids = [] if idle else [await admin.deliver(sub) for _ in range(20)]
+    rule = fault(claims, times=0 if idle else lost)  # idle: not the start-up claims
     app = await start_app(REDIS_URL=proxy.url)  # the recovery idle is 180 s: no sweep helps
+    if idle:
+
+        async def blocked() -> bool:
+            return app.pipeline.claimer.blocking
+
+        await wait_until(blocked, True)
+        proxy.remove(rule)
+        rule = fault(claims, times=lost)
+        ids = [await admin.deliver(sub) for _ in range(3)]
     docs = await admin.wait_status(ids, {"SUCCESS"}, timeout=10)
-    assert rule.hits == lost and proxy.dropped_replies == lost
-    assert len(receiver.requests) == len(docs) == 20
-    await wait_until(lambda: redis.llen("dispatch:processing"), 0)
-    assert metric(app, "cycles_webhook_dispatch_recovered_total") == 0
-
-
-@pytest.mark.parametrize("lost", [1, 2])
-async def test_a_claim_after_a_blocking_wait_whose_reply_was_lost_is_not_left_behind(
-    start_app: StartApp,
-    admin: Admin,
-    receiver: Receiver,
-    redis: Redis,
-    proxy: FaultProxy,
-    lost: int,
-) -> None:
-    """The claim that adopts the id BLMOVE moved is asked again with the same token."""
-    await admin.security()
-    sub = await admin.subscription(receiver.url())
-    app = await start_app(REDIS_URL=proxy.url)
-
-    async def blocked() -> bool:
-        return app.pipeline.claimer.blocking
-
-    await wait_until(blocked, True)
-    rule = proxy.drop_reply(command("EVALSHA", sha(keys.CLAIM)), times=lost)
-    ids = [await admin.deliver(sub) for _ in range(3)]
-    docs = await admin.wait_status(ids, {"SUCCESS"}, timeout=10)
-    assert rule.hits == lost and proxy.dropped_replies == lost
-    assert len(receiver.requests) == len(docs) == 3
+    assert rule.hits == lost == (proxy.dropped_replies if ran else proxy.failed_requests)
+    assert len(receiver.requests) == len(docs) == len(ids)
     await wait_until(lambda: redis.llen("dispatch:processing"), 0)
     assert await redis.hlen("dispatch:processing:claim_owner") == 0
     assert metric(app, "cycles_webhook_dispatch_recovered_total") == 0
