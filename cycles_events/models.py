@@ -172,6 +172,8 @@ _EXACT = frozenset({str, int, bool, type(None)})
 
 def _floatless(value: Any) -> bool:
     """Whether a value orjson read holds no float at any depth (so it read it exactly)."""
+    # a walk of its own, not _plain's with a flag: that one (keys and floats checked too) made
+    # reading an event 2.8 -> 4.5 us, on every delivery
     kind = type(value)
     if kind is dict:
         return all(type(v) in _EXACT or _floatless(v) for v in value.values())

@@ -104,8 +104,7 @@ class Intake:
             raws = await self._redis_load(ids)
         except Exception as exc:  # nothing was handed on: all of it is retried
             self._failed(ids, token, exc)
-            self._counts.loading -= len(ids)
-            self._counts.freed()
+            self._loaded(len(ids))
             return
         self._intake(ids, token, raws, None)
 
@@ -141,8 +140,7 @@ class Intake:
         except Exception as exc:  # what it had not handed on is retried
             self._failed(list(pending), token, exc)
         finally:
-            self._counts.loading -= len(ids) - reading
-            self._counts.freed()
+            self._loaded(len(ids) - reading)
 
     async def _load_related(self, screened: list[Delivery], token: str) -> None:
         pending = {d.delivery_id for d in screened}
@@ -152,8 +150,7 @@ class Intake:
         except Exception as exc:
             self._failed(list(pending), token, exc)
         finally:
-            self._counts.loading -= len(screened)
-            self._counts.freed()
+            self._loaded(len(screened))
 
     def _prepare_all(
         self, screened: list[Delivery], token: str, related: Related, pending: set[str]
@@ -167,6 +164,11 @@ class Intake:
                 continue
             if job is not None:
                 self._to_gate(job)
+
+    def _loaded(self, n: int) -> None:
+        """n claimed ids left the intake: the claimer may find room."""
+        self._counts.loading -= n
+        self._counts.freed()
 
     def _failed(self, ids: list[str], token: str, exc: Exception) -> None:
         for delivery_id in ids:

@@ -169,7 +169,7 @@ async def test_an_id_a_blocking_wait_moved_is_claimed_first_with_those_that_came
     owners = {b"d1": b"t:1", b"d2": b"t:1", b"d3": b"t:1"}
     assert await redis.hgetall(keys.CLAIM_OWNER) == owners
     assert await redis.zcard(keys.CLAIMED_AT) == 3
-    alone = await store.claim(1, "t:2", moved="")  # a claim of one leaves the rest
+    alone = await store.claim(1, "t:2")  # a claim of one leaves the rest
     assert alone.ids == ["d4"]
 
 

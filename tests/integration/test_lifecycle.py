@@ -13,7 +13,7 @@ from redis.exceptions import WatchError
 
 from cycles_events import logs
 from cycles_events.crypto import encrypt_secret
-from cycles_events.models import format_instant, parse_instant_ms
+from cycles_events.models import dumps, format_instant, parse_instant_ms
 from cycles_events.signing import sign
 from tests.integration.conftest import StartApp
 from tests.support import KEY, Admin, Receiver, hang, now_ms, status, wait_until
@@ -299,11 +299,6 @@ async def test_bad_input_fails_cleanly_and_pool_keeps_its_size(
     assert app.pipeline.counts.claimed == 0 and not app.tasks["dispatcher"].done()
 
 
-def compact(doc: object) -> str:
-    """JSON without spaces, as Java and we write it."""
-    return json.dumps(doc, separators=(",", ":"))
-
-
 async def admin_renames(redis: Redis, key: str, encode: Callable[[object], str]) -> int | None:
     """Rename a subscription 60 times while deliveries update it, as an admin PATCH does
     (WATCH/MULTI: a write lands only if nothing changed between its read and its write); the
@@ -356,11 +351,11 @@ async def test_two_instances_successes_never_clobber_an_admin_write(
     key = f"webhook:{sub}"
     doc = json.loads(await redis.get(key))
     doc.update(last_triggered_at=None, last_success_at=None)
-    await redis.set(key, compact(doc))
+    await redis.set(key, dumps(doc))
     ids = [await admin.deliver(sub) for _ in range(120)]
     await start_app()
     await start_app()
-    landed = await admin_renames(redis, key, compact)
+    landed = await admin_renames(redis, key, dumps)
     await admin.wait_status(ids, {"SUCCESS"})
     assert landed is not None
     final = await admin.sub_record(sub)

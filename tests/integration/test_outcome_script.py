@@ -74,8 +74,10 @@ async def write_against(
     store = Store(redis, state=RedisState())
     token = await claimed(store, redis, ["d1"])
     await redis.set(keys.subscription("sub"), stored)
-    write = Write("d1", token, '{"id": "d1"}', subscription_id="sub", expected=expected, new=new)
-    (reply,) = await store.record([write._replace(merge=merge)], failed_max_len=100)
+    write = Write(
+        "d1", token, '{"id": "d1"}', subscription_id="sub", expected=expected, new=new, merge=merge
+    )
+    (reply,) = await store.record([write], failed_max_len=100)
     return reply, await redis.get(keys.subscription("sub")) or b""
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
-from cycles_events import lifecycle, metaevents
+from cycles_events import keys, lifecycle, metaevents
 from cycles_events.lifecycle import SubscriptionChange, merge_subscription
 from cycles_events.models import Delivery, RecordError, dumps, payload_problems
 from cycles_events.signing import build_headers, custom_headers
@@ -111,6 +112,14 @@ def test_a_success_merges_by_text_only_when_its_fields_are_named_once_at_the_top
     assert not lifecycle.success_merges_by_text(missing, json.loads(missing))
     nested = raw[:-1] + ',"metadata":{"last_success_at":1}}'
     assert not lifecycle.success_merges_by_text(nested, json.loads(nested))
+
+
+def test_outcome_fits_a_success_by_the_fields_the_recorder_checks() -> None:
+    """OUTCOME's Lua names lifecycle.SUCCESS_FIELDS again: the two lists must not drift."""
+    table = re.search(r"local SUCCESS_FIELDS = \{(.*)\}", keys.OUTCOME)
+    assert table is not None
+    named = re.findall(r"'\"(\w+)\":'", table[1])
+    assert tuple(named) == lifecycle.SUCCESS_FIELDS
 
 
 def test_meta_events_shape() -> None:
