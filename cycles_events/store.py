@@ -21,6 +21,7 @@ from cycles_events.storevalues import (
     Reply,
     Write,
     bytes_list,
+    outcome_args,
     related_of,
     related_reply,
     reply,
@@ -131,20 +132,7 @@ class Store(RedisIO):
         ]
         args += [w.delivery_id for w in writes]
         for w in writes:
-            args += [
-                w.token,
-                w.record,
-                w.retry_at_ms if w.retry_at_ms is not None else "",
-                w.push,
-                w.quarantine,
-                w.subscription_id,
-                w.expected,
-                w.new,
-                w.merge,
-                len(w.tasks),
-            ]
-            for t in w.tasks:
-                args += [t.task_id, t.json, t.created_ms]
+            args += outcome_args(w)
         raw = await self._run(
             self._outcome(
                 keys=[

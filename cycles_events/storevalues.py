@@ -83,6 +83,31 @@ class Write(NamedTuple):
     tasks: tuple[Task, ...] = ()
 
 
+def outcome_args(w: Write) -> list[str | int]:
+    """One write's fields for OUTCOME, in the shortest of its forms that holds them."""
+    if w.retry_at_ms is None and not w.push and not w.quarantine and not w.tasks:
+        if w.subscription_id and w.expected == "^" and w.new == "=" and not w.merge:
+            return [w.token, w.record, "c", w.subscription_id]
+        if w.subscription_id:
+            return [w.token, w.record, "s", w.subscription_id, w.expected, w.new, w.merge]
+    args: list[str | int] = [
+        w.token,
+        w.record,
+        "g",
+        w.retry_at_ms if w.retry_at_ms is not None else "",
+        w.push,
+        w.quarantine,
+        w.subscription_id,
+        w.expected,
+        w.new,
+        w.merge,
+        len(w.tasks),
+    ]
+    for t in w.tasks:
+        args += [t.task_id, t.json, t.created_ms]
+    return args
+
+
 class Reply(NamedTuple):
     """What OUTCOME did with one write: 'ok', 'lost', 'conflict' (with the current record)
     or 'error' (with why)."""

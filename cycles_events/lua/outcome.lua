@@ -5,12 +5,16 @@
 -- and, by prefix: delivery:{id} (ARGV[2]), webhook:{id} (ARGV[3]),
 -- dispatcher:event-outbox:task:{task id} (ARGV[4])
 -- ARGV[1] dispatch:failed cap, ARGV[5] the number of items n, ARGV[6..5+n] their delivery ids;
---   then, per item: claim token, delivery JSON or '', retry score or '', 'R'/'L' to push on the
---   right/left of pending or '', quarantine entry or '', subscription id or '', the subscription
---   JSON expected ('^': as the previous item of the same subscription leaves it), the
---   subscription JSON to write ('=': the same as that item's), 'S' when the write is a success's
---   (see `fits_success`) or '', the number of outbox tasks, then per task: task id, task JSON,
---   created ms.
+--   then, per item: claim token, delivery JSON or '', its form, and the fields of its form:
+--   'g' (general): retry score or '', 'R'/'L' to push on the right/left of pending or '',
+--     quarantine entry or '', subscription id or '', the subscription JSON expected ('^': as the
+--     previous item of the same subscription leaves it), the subscription JSON to write ('=':
+--     the same as that item's), 'S' when the write is a success's (see `fits_success`) or '',
+--     the number of outbox tasks, then per task: task id, task JSON, created ms;
+--   's' (a subscription change alone): subscription id, expected, to write, 'S' or '';
+--   'c' (the same change as the previous item of its subscription): subscription id.
+--   Every argument costs Redis about as much to take in as a short command, so the usual items
+--   (a success after another of its subscription) come in the fewest.
 -- An item changes nothing unless its claim is still ours ('lost'), every key it would touch holds
 -- the right type ({'error', why}) and its subscription is as expected ({'conflict', current or
 -- false}). Then its delivery, retry entry, pending entry, quarantine entry, subscription and
@@ -86,22 +90,34 @@ local a = 6 + n -- the fields of the first item
 
 for i = 1, n do
   local id = ARGV[5 + i]
-  local token, record, retry, push = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  local quarantine, sub, success = ARGV[a + 4], ARGV[a + 5], ARGV[a + 8] == 'S'
-  local ntasks = tonumber(ARGV[a + 9])
-  local first_task = a + 10
-  local skey, expected, new = nil, nil, nil
+  local token, record, form = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  local retry, push, quarantine, sub, expected, new = '', '', '', ARGV[a + 3], '^', '='
+  local success, ntasks, first_task = false, 0, a
+  if form == 'c' then
+    a = a + 4
+  elseif form == 's' then
+    expected, new, success = ARGV[a + 4], ARGV[a + 5], ARGV[a + 6] == 'S'
+    a = a + 7
+  elseif form == 'g' then
+    retry, push, quarantine, sub = ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
+    expected, new, success = ARGV[a + 7], ARGV[a + 8], ARGV[a + 9] == 'S'
+    ntasks = tonumber(ARGV[a + 10])
+    first_task = a + 11
+    a = first_task + 3 * ntasks
+  else -- only a malformed call: nothing after it can be read
+    return redis.error_reply('ERR item ' .. i .. ' has no form')
+  end
+  local skey = nil
   if sub ~= '' then
     -- every item of a subscription moves the chain on, applied or not, so that an item after one
     -- that was not applied conflicts instead of writing that item's change
     skey = sprefix .. sub
-    expected = ARGV[a + 6]
     if expected == '^' then expected = last[skey] end
-    new = ARGV[a + 7]
     if new == '=' then new = last[skey] end
     last[skey] = new
+  else
+    expected, new = nil, nil
   end
-  a = first_task + 3 * ntasks
   -- what it touches must hold the right type (SET of the record cannot fail: no check)
   local bad = nil
   if retry ~= '' and not is(KEYS[5], 'zset') then bad = KEYS[5]

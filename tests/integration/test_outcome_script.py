@@ -1,14 +1,18 @@
 """The OUTCOME script's subscription step, called straight through the store on a real Redis:
-a subscription key of the wrong type fails only its own item; a changed one conflicts."""
+a subscription key of the wrong type fails only its own item; a changed one conflicts; each
+form of an item reads as its write."""
 
 from __future__ import annotations
 
+import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from cycles_events import keys
 from cycles_events.connection import RedisState
+from cycles_events.metaevents import Task
 from cycles_events.store import Store
-from cycles_events.storevalues import Reply, Write
+from cycles_events.storevalues import Reply, Write, outcome_args
 
 
 async def claimed(store: Store, redis: Redis, ids: list[str]) -> str:
@@ -124,3 +128,58 @@ async def test_what_a_success_cannot_be_sure_of_conflicts(redis: Redis) -> None:
         await redis.flushdb()
     reply, _ = await write_against(redis, changed, merge="")  # not a success's write
     assert reply.status == "conflict"
+
+
+async def test_each_form_of_an_item_is_read_as_its_write(redis: Redis) -> None:
+    """A chained item ('c') follows the write before it, applied or not; a general one ('g')
+    carries a retry and a task; a claim lost meanwhile changes nothing."""
+    store = Store(redis, state=RedisState())
+    token = await claimed(store, redis, ["d1", "d2", "d3", "d4", "d5"])
+    await redis.hset(keys.CLAIM_OWNER, "d3", "another-instance:9")
+    await redis.set(keys.subscription("a"), '{"v": 0}')
+    await redis.set(keys.subscription("b"), '{"w": 0}')
+    task = Task("t1", '{"task": 1}', 1_700_000_000_000, "system.webhook_delivery_failed")
+    writes = [
+        Write(
+            "d1", token, '{"id": "d1"}', subscription_id="a", expected='{"v": 0}', new='{"v": 1}'
+        ),
+        Write("d2", token, '{"id": "d2"}', subscription_id="a", expected="^", new="="),
+        Write(
+            "d3", token, '{"id": "d3"}', subscription_id="b", expected='{"w": 0}', new='{"w": 1}'
+        ),
+        Write("d4", token, '{"id": "d4"}', subscription_id="b", expected="^", new="="),
+        Write("d5", token, '{"id": "d5"}', retry_at_ms=12_345, tasks=(task,)),
+    ]
+    assert [outcome_args(w)[2] for w in writes] == ["s", "c", "s", "c", "g"]
+    replies = await store.record(writes, failed_max_len=100)
+    assert [r.status for r in replies] == ["ok", "ok", "lost", "conflict", "ok"]
+    assert replies[3].current == b'{"w": 0}'
+    assert await redis.get(keys.subscription("a")) == b'{"v": 1}'
+    assert await redis.get(keys.subscription("b")) == b'{"w": 0}'
+    assert await redis.get(keys.delivery("d3")) == b'{"id": "d3", "status": "PENDING"}'
+    assert await redis.get(keys.delivery("d4")) == b'{"id": "d4", "status": "PENDING"}'
+    assert await redis.zscore(keys.RETRY, "d5") == 12_345
+    assert await redis.get(keys.outbox_task("t1")) == b'{"task": 1}'
+    assert sorted(await redis.lrange(keys.PROCESSING, 0, -1)) == [b"d3", b"d4"]
+
+
+async def test_an_item_of_no_known_form_fails_the_call_before_it_changes_anything(
+    redis: Redis,
+) -> None:
+    store = Store(redis, state=RedisState())
+    token = await claimed(store, redis, ["d1"])
+    outcome_keys = [
+        keys.PENDING,
+        keys.PROCESSING,
+        keys.CLAIMED_AT,
+        keys.CLAIM_OWNER,
+        keys.RETRY,
+        keys.FAILED,
+        keys.OUTBOX_PENDING,
+    ]
+    prefixes = [keys.DELIVERY_PREFIX, keys.SUBSCRIPTION_PREFIX, keys.OUTBOX_TASK_PREFIX]
+    args = [100, *prefixes, 1, "d1", token, '{"id": "d1", "status": "SUCCESS"}', "x", "sub"]
+    with pytest.raises(ResponseError, match="has no form"):
+        await redis.eval(keys.OUTCOME, len(outcome_keys), *outcome_keys, *args)
+    assert await redis.get(keys.delivery("d1")) == b'{"id": "d1", "status": "PENDING"}'
+    assert await redis.hget(keys.CLAIM_OWNER, "d1") == token.encode()

@@ -9,8 +9,10 @@ import pytest
 
 from cycles_events import keys, lifecycle, metaevents
 from cycles_events.lifecycle import SubscriptionChange, merge_subscription
+from cycles_events.metaevents import Task
 from cycles_events.models import Delivery, RecordError, dumps, payload_problems
 from cycles_events.signing import build_headers, custom_headers
+from cycles_events.storevalues import Write, outcome_args
 
 DELIVERY = {
     "delivery_id": "del_8c4e2f9a0b1d3e57",
@@ -287,3 +289,19 @@ def test_redis_errors_are_described_without_the_address(error: str, said: str) -
     described = describe(RedisConnectionError(error))
     assert described.startswith(said) and "redis" not in described.split("(")[0]
     assert "6379" not in described and "10.0.0.5" not in described
+
+
+def test_an_outcome_item_goes_in_the_shortest_form_that_holds_it() -> None:
+    """'c' (chained to the item before), 's' (a subscription change alone), else 'g'."""
+    chained = Write("d1", "tok", "{}", subscription_id="s1", expected="^", new="=")
+    assert outcome_args(chained) == ["tok", "{}", "c", "s1"]
+    first = chained._replace(expected='{"a":1}', new='{"a":2}', merge="S")
+    assert outcome_args(first) == ["tok", "{}", "s", "s1", '{"a":1}', '{"a":2}', "S"]
+    assert outcome_args(chained._replace(merge="S"))[2] == "s"
+    task = Task("t1", "{}", 7, "system.webhook_delivery_failed")
+    failed = first._replace(tasks=(task,))
+    general = ["tok", "{}", "g", "", "", "", "s1", '{"a":1}', '{"a":2}', "S"]
+    assert outcome_args(failed) == [*general, 1, "t1", "{}", 7]
+    retry = Write("d1", "tok", "{}", retry_at_ms=5)
+    assert outcome_args(retry) == ["tok", "{}", "g", 5, "", "", "", "", "", "", 0]
+    assert outcome_args(Write("d1", "tok"))[2] == "g"  # no subscription: the general form
