@@ -65,9 +65,9 @@ class Store(RedisIO):
     async def claim(
         self, limit: int, token: str, *, due: bool = False, again: bool = False, moved: str = ""
     ) -> Claimed:
-        """Claim up to `limit` ids of pending (or due retries) with records, first the id
-        `wait_for_one` moved, if any; `again` (the same token after a lost reply) answers what
-        that call claimed instead of taking more."""
+        """Claim up to `limit` ids of pending (or due retries), first the id `wait_for_one`
+        moved, if any, with their records when they are few; `again` (the same token after a
+        lost reply) answers what that call claimed instead of taking more."""
         ids, dups, records, now, *rel = await self._run(
             self._claim(
                 keys=[
@@ -89,7 +89,8 @@ class Store(RedisIO):
             )
         )
         related = related_reply(*rel) if rel else None
-        return Claimed([text_of(i) for i in ids], bytes_list(records), int(dups), int(now), related)
+        read = None if records is None else bytes_list(records)
+        return Claimed([text_of(i) for i in ids], read, int(dups), int(now), related)
 
     async def wait_for_one(self, timeout_s: float) -> str | None:
         """Wait up to `timeout_s` for one id and move it to processing (BLMOVE, as Java does)."""

@@ -41,11 +41,11 @@ class Related:
 
 
 class Claimed(NamedTuple):
-    """Ids just claimed, their delivery records (None when missing), duplicates dropped, and
-    the records those name when the claim read them too (a small claim)."""
+    """Ids just claimed, their delivery records (each None when missing; None: not read),
+    duplicates dropped, and the records those name (a small claim reads both)."""
 
     ids: list[str]
-    records: list[bytes | None]
+    records: list[bytes | None] | None
     duplicates: int
     now_ms: int
     related: Related | None = None

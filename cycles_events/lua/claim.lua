@@ -2,19 +2,20 @@
 -- 'due') the earliest due ids of dispatch:retry, straight into claims (the retry lane).
 -- KEYS[1] dispatch:pending (or dispatch:retry), KEYS[2] dispatch:processing,
 -- KEYS[3] dispatch:processing:claimed_at, KEYS[4] dispatch:processing:claim_owner
--- reads delivery:{id} (ARGV[3] .. id) of each id it claims and, for a claim of at most ARGV[6]
--- ids, the records they refer to: event:{id}, webhook:{id}, webhook:secret:{id},
+-- reads, for a claim of at most ARGV[6] ids, delivery:{id} (ARGV[3] .. id) of each id it claims
+-- and the records they refer to: event:{id}, webhook:{id}, webhook:secret:{id},
 -- webhook:secret:{id}:previous (lib's `related`)
 -- ARGV[1] max ids, ARGV[2] claim token, ARGV[3] delivery key prefix, ARGV[4] 'again' when the
 -- call repeats one whose reply was lost, else '',
 -- ARGV[5] 'pending' or 'due', ARGV[6] the most ids whose related records are read too,
 -- ARGV[7..10] the related records' key prefixes, ARGV[11] an id BLMOVE moved to the left of
 -- processing, adopted first ('' when none; 'pending' only)
--- Returns {ids, duplicates dropped, their records (false: missing or not a string), now ms} and,
--- when it read them, {related event ids, related subscription ids, their records}.
--- A few ids come when deliveries trickle in, and then the read saves the intake a round trip.
--- A bigger claim leaves it to one MGET of the intake: every byte a script reads or answers is
--- hashed into a Lua string, so there that read costs Redis several times its CPU as an MGET.
+-- Returns {ids, duplicates dropped, their records (each false: missing or not a string; all
+-- false: not read), now ms} and, when it read them, {related event ids, related subscription
+-- ids, their records}. A few ids come when deliveries trickle in, and then the reads save the
+-- intake two round trips. A bigger claim leaves both to MGETs of the intake: every byte a script
+-- reads or answers is hashed into a Lua string, so there a read costs Redis several times its
+-- CPU as an MGET.
 -- An id held by another live claimant is a concurrent duplicate: dropped, never sent twice. An
 -- owner '__orphan__' (Java's recovery mark) is free to take. The same call again (a retry after
 -- a lost reply, 'again') returns the ids its token owns instead of taking more: every claim
@@ -31,10 +32,10 @@ local now = now_ms()
 local moved = ARGV[11]
 local function answer(ids, dups)
   if #ids == 0 then return {ids, dups, {}, now} end
+  if #ids > tonumber(ARGV[6]) then return {ids, dups, false, now} end
   local names = {}
   for i, id in ipairs(ids) do names[i] = ARGV[3] .. id end
   local recs = redis.call('MGET', unpack(names))
-  if #ids > tonumber(ARGV[6]) then return {ids, dups, recs, now} end
   local events, subs, values = related(recs, 7)
   return {ids, dups, recs, now, events, subs, values}
 end
