@@ -87,6 +87,16 @@ local function stored(skey)
 end
 local out, released, quarantined = {}, {}, false
 local a = 6 + n -- the fields of the first item
+do -- every item's form is known before anything is written: a malformed call changes nothing
+  local at = a
+  for i = 1, n do
+    local form = ARGV[at + 2]
+    if form == 'c' then at = at + 4
+    elseif form == 's' then at = at + 7
+    elseif form == 'g' then at = at + 11 + 3 * tonumber(ARGV[at + 10])
+    else return redis.error_reply('ERR item ' .. i .. ' has no form') end
+  end
+end
 
 for i = 1, n do
   local id = ARGV[5 + i]
@@ -98,14 +108,12 @@ for i = 1, n do
   elseif form == 's' then
     expected, new, success = ARGV[a + 4], ARGV[a + 5], ARGV[a + 6] == 'S'
     a = a + 7
-  elseif form == 'g' then
+  else -- 'g'
     retry, push, quarantine, sub = ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
     expected, new, success = ARGV[a + 7], ARGV[a + 8], ARGV[a + 9] == 'S'
     ntasks = tonumber(ARGV[a + 10])
     first_task = a + 11
     a = first_task + 3 * ntasks
-  else -- only a malformed call: nothing after it can be read
-    return redis.error_reply('ERR item ' .. i .. ' has no form')
   end
   local skey = nil
   if sub ~= '' then

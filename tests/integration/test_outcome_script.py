@@ -167,7 +167,7 @@ async def test_an_item_of_no_known_form_fails_the_call_before_it_changes_anythin
     redis: Redis,
 ) -> None:
     store = Store(redis, state=RedisState())
-    token = await claimed(store, redis, ["d1"])
+    token = await claimed(store, redis, ["d1", "d2"])
     outcome_keys = [
         keys.PENDING,
         keys.PROCESSING,
@@ -178,8 +178,12 @@ async def test_an_item_of_no_known_form_fails_the_call_before_it_changes_anythin
         keys.OUTBOX_PENDING,
     ]
     prefixes = [keys.DELIVERY_PREFIX, keys.SUBSCRIPTION_PREFIX, keys.OUTBOX_TASK_PREFIX]
-    args = [100, *prefixes, 1, "d1", token, '{"id": "d1", "status": "SUCCESS"}', "x", "sub"]
-    with pytest.raises(ResponseError, match="has no form"):
+    good = outcome_args(Write("d1", token, '{"id": "d1", "status": "SUCCESS"}'))
+    bad = [token, '{"id": "d2", "status": "SUCCESS"}', "x", "sub"]
+    args = [100, *prefixes, 2, "d1", "d2", *good, *bad]
+    with pytest.raises(ResponseError, match="item 2 has no form"):
         await redis.eval(keys.OUTCOME, len(outcome_keys), *outcome_keys, *args)
-    assert await redis.get(keys.delivery("d1")) == b'{"id": "d1", "status": "PENDING"}'
-    assert await redis.hget(keys.CLAIM_OWNER, "d1") == token.encode()
+    for i in ("d1", "d2"):  # the well-formed item before it is not written either
+        assert await redis.get(keys.delivery(i)) == f'{{"id": "{i}", "status": "PENDING"}}'.encode()
+        assert await redis.hget(keys.CLAIM_OWNER, i) == token.encode()
+    assert sorted(await redis.lrange(keys.PROCESSING, 0, -1)) == [b"d1", b"d2"]
