@@ -108,6 +108,8 @@ HEARTBEAT = _script("heartbeat")
 RECOVER = _script("recover")
 PROMOTE = _script("promote")
 OUTCOME = _script("outcome")
+# OUTCOME's KEYS, in order
+OUTCOME_KEYS = (PENDING, PROCESSING, CLAIMED_AT, CLAIM_OWNER, RETRY, FAILED, OUTBOX_PENDING)
 PUBLISH = _script("publish")
 DEFER = _script("defer")
 SAVE_EVENT = _script("save_event")

@@ -134,20 +134,7 @@ class Store(RedisIO):
         args += [w.delivery_id for w in writes]
         for w in writes:
             args += outcome_args(w)
-        raw = await self._run(
-            self._outcome(
-                keys=[
-                    keys.PENDING,
-                    keys.PROCESSING,
-                    keys.CLAIMED_AT,
-                    keys.CLAIM_OWNER,
-                    keys.RETRY,
-                    keys.FAILED,
-                    keys.OUTBOX_PENDING,
-                ],
-                args=args,
-            )
-        )
+        raw = await self._run(self._outcome(keys=list(keys.OUTCOME_KEYS), args=args))
         return [reply(r) for r in raw]
 
     async def heartbeat(self, ids: Sequence[str], owner_prefix: str) -> int:

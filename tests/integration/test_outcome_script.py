@@ -168,21 +168,12 @@ async def test_an_item_of_no_known_form_fails_the_call_before_it_changes_anythin
 ) -> None:
     store = Store(redis, state=RedisState())
     token = await claimed(store, redis, ["d1", "d2"])
-    outcome_keys = [
-        keys.PENDING,
-        keys.PROCESSING,
-        keys.CLAIMED_AT,
-        keys.CLAIM_OWNER,
-        keys.RETRY,
-        keys.FAILED,
-        keys.OUTBOX_PENDING,
-    ]
     prefixes = [keys.DELIVERY_PREFIX, keys.SUBSCRIPTION_PREFIX, keys.OUTBOX_TASK_PREFIX]
     good = outcome_args(Write("d1", token, '{"id": "d1", "status": "SUCCESS"}'))
     bad = [token, '{"id": "d2", "status": "SUCCESS"}', "x", "sub"]
     args = [100, *prefixes, 2, "d1", "d2", *good, *bad]
     with pytest.raises(ResponseError, match="item 2 has no form"):
-        await redis.eval(keys.OUTCOME, len(outcome_keys), *outcome_keys, *args)
+        await redis.eval(keys.OUTCOME, len(keys.OUTCOME_KEYS), *keys.OUTCOME_KEYS, *args)
     for i in ("d1", "d2"):  # the well-formed item before it is not written either
         assert await redis.get(keys.delivery(i)) == f'{{"id": "{i}", "status": "PENDING"}}'.encode()
         assert await redis.hget(keys.CLAIM_OWNER, i) == token.encode()
