@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: setup tools lint test test-fast chaos bench bench-fleet demo clean
+.PHONY: setup tools lint test test-fast chaos bench bench-fleet bench-instructions demo clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python >= 3.11)"; exit 1; }
@@ -44,6 +44,11 @@ bench: setup $(BENCH_STAMP)
 # goal 2's fleet sweep alone: 4 daemons on one redis-server, 64 to 4,096 deliveries in flight
 bench-fleet: setup $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.dispatch --fleet $(ARGS)
+
+# Redis's instructions per delivery in a burst, counted by callgrind (repeatable, unlike CPU time)
+bench-instructions: setup $(BENCH_STAMP)
+	@bash scripts/ensure-tools.sh valgrind
+	$(BIN)/python -m benchmarks.dispatch.instructions $(ARGS)
 
 # make demo ARGS=--hold (or ARGS='--events 1000 --rate 200'): options of the demo script
 demo: setup

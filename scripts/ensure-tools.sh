@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Installs the system tools the tests and the demo need, when they are missing.
+# Installs the system tools the tests and the demo need, when they are missing (and those
+# named as arguments: Debian packages whose command has the package's name).
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)  # promtool: tests/integration/test_deploy_rules.py
+for extra in "$@"; do  # what one target needs beyond these (bench-instructions: valgrind)
+  command -v "$extra" >/dev/null 2>&1 || need+=("$extra")
+done
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing ${need[*]} with apt-get" >&2

@@ -115,6 +115,10 @@ counts), `--only goal1,goal3,...` (of goal1 goal2 fleet goal3 goal4 goal5 retry 
 retry lane (`--aware-n N`, `--lane-backlog N`). The machine is shared and noisy, so every figure
 stands next to a ceiling measured in the same run, and throughput is the better of two bursts
 against the better of two ceilings.
+`make bench-instructions` (`python -m benchmarks.dispatch.instructions`, `--runs N`, `--n N`)
+counts Redis's instructions per delivery in a 3,000-delivery burst with redis-server under
+callgrind (it installs valgrind when missing): the figure repeats within about 1% from run to run,
+where CPU time on this machine moves by a third, so it is the one to compare commits by.
 
 Processes: one redis-server, one aiohttp receiver (`benchmarks/dispatch/receiver.py`), the raw
 loop (`benchmarks/dispatch/raw.py`: a bare `aiohttp.ClientSession` sending the request the daemon
