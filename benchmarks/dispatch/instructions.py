@@ -1,7 +1,7 @@
 """`make bench-instructions`: Redis's instructions per delivery in a burst, counted by callgrind.
 
 Wall-clock CPU on a shared machine moves by a third from one burst to the next; the number of
-instructions redis-server runs for the same burst does not. redis-server runs under
+instructions redis-server runs for the same burst by a few percent. redis-server runs under
 `valgrind --tool=callgrind` with instrumentation off until the burst is pushed; the daemon, the
 receiver and the records are the benchmark's own (goal 1's burst, smaller). Redis is some 50x
 slower under valgrind, so its batches come bigger than in a real burst: compare one commit with
