@@ -117,8 +117,8 @@ stands next to a ceiling measured in the same run, and throughput is the better 
 against the better of two ceilings.
 `make bench-instructions` (`python -m benchmarks.dispatch.instructions`, `--runs N`, `--n N`)
 counts Redis's instructions per delivery in a 3,000-delivery burst with redis-server under
-callgrind (it installs valgrind when missing): the figure moves by 2–5% from run to run (three
-runs: 69.7–71.0k at 39aca99, 83.3–87.3k at d97d498) where CPU time on this machine moves by a
+callgrind (it installs valgrind when missing): the figure moves by 2-5% from run to run (three
+runs: 69.7-71.0k at 39aca99, 83.3-87.3k at d97d498) where CPU time on this machine moves by a
 third, so it is the one to compare commits by.
 
 Processes: one redis-server, one aiohttp receiver (`benchmarks/dispatch/receiver.py`), the raw
