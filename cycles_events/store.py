@@ -134,7 +134,7 @@ class Store(RedisIO):
         args += [w.delivery_id for w in writes]
         for w in writes:
             args += outcome_args(w)
-        raw = await self._run(self._outcome(keys=list(keys.OUTCOME_KEYS), args=args))
+        raw = await self._run(self._outcome(keys=keys.OUTCOME_KEYS, args=args))
         return [reply(r) for r in raw]
 
     async def heartbeat(self, ids: Sequence[str], owner_prefix: str) -> int:

@@ -50,10 +50,12 @@ class RedisServer:
         persistent: bool = False,
         password: str | None = None,
         extra_args: list[str] | None = None,
+        wrapper: list[str] | None = None,
     ) -> None:
         self.persistent = persistent
         self.password = password
         self.extra_args = extra_args or []
+        self.wrapper = wrapper or []  # a command the server runs under (the benchmark's valgrind)
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="cycles-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -68,6 +70,7 @@ class RedisServer:
             raise RuntimeError("redis-server is not installed (make test installs it)")
         self.proc = subprocess.Popen(
             [
+                *self.wrapper,
                 exe,
                 "--port",
                 str(self.port),
@@ -90,7 +93,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + (60 if self.wrapper else 10)
         while time.monotonic() < deadline:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:

@@ -15,8 +15,6 @@ import asyncio
 import re
 import shutil
 import subprocess
-import tempfile
-import time
 from pathlib import Path
 
 import aiohttp
@@ -24,8 +22,8 @@ from redis.asyncio import Redis
 
 from benchmarks.dispatch import records
 from benchmarks.dispatch.harness import DAEMON_ROOT, Daemon, ReceiverProc, RedisMeter, git
-from cycles_events.keys import PENDING, PROCESSING
-from tests.support import Admin, free_port
+from benchmarks.dispatch.scenarios import push, settled
+from tests.support import Admin, RedisServer
 
 
 def instructions(workdir: Path) -> int:
@@ -48,72 +46,43 @@ async def callgrind_control(*args: str) -> None:
         raise RuntimeError(f"callgrind_control {' '.join(args)} failed")
 
 
-async def wait_ping(client: Redis, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            await client.ping()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.1)
-
-
 async def run(n: int, subs: int, concurrency: int) -> dict[str, float]:
     """One burst of n deliveries: Redis instructions and commands per delivery."""
-    workdir = Path(tempfile.mkdtemp(prefix="cycles-instructions-"))
-    out = workdir / "callgrind.out"
-    port = free_port()
-    redis_server = subprocess.Popen(
-        [
-            "valgrind",
-            "--tool=callgrind",
-            "--instr-atstart=no",
-            f"--callgrind-out-file={out}",
-            "redis-server",
-            *("--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir)),
-            *("--save", "", "--protected-mode", "no"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = Redis(port=port)
+    server = RedisServer()  # its folder is made here; callgrind's dumps go there
+    out = Path(server.dir) / "callgrind.out"
+    server.wrapper = [
+        "valgrind",
+        "--tool=callgrind",
+        "--instr-atstart=no",
+        f"--callgrind-out-file={out}",
+    ]
+    server.start()
+    assert server.proc is not None
+    pid = str(server.proc.pid)
+    client = Redis(port=server.port)
     receiver = ReceiverProc()
     session = aiohttp.ClientSession()
     daemon: Daemon | None = None
     try:
-        await wait_ping(client)
         await receiver.ready()
         admin = Admin(client)
         await admin.security()
         url = receiver.url("/hook")
         sub_ids = [await admin.subscription(url, encrypt=True) for _ in range(subs)]
-        pairs = await records.deliveries("127.0.0.1", port, sub_ids, n)
-        daemon = Daemon(
-            f"redis://127.0.0.1:{port}/0",
-            workdir,
-            "daemon",
-            DISPATCH_CONCURRENCY=str(concurrency),
-            LOG_LEVEL="WARNING",
-        )
+        pairs = await records.deliveries("127.0.0.1", server.port, sub_ids, n)
+        env = {"DISPATCH_CONCURRENCY": str(concurrency), "LOG_LEVEL": "WARNING"}
+        daemon = Daemon(server.url, Path(server.dir), "daemon", **env)
         await daemon.ready(session)
-        await callgrind_control("-i", "on", str(redis_server.pid))
+        await callgrind_control("-i", "on", pid)
         meter = RedisMeter(client)
         await meter.start()
-        ids = [d for d, _ in pairs]
-        await client.lpush(PENDING, *ids)
-        meter.own("lpush")
+        await push(client, [d for d, _ in pairs], meter)
         await receiver.wait_receipts([e for _, e in pairs], timeout=900)
-        while await client.llen(PROCESSING):
-            meter.own("llen")
-            await asyncio.sleep(0.05)
-        meter.own("llen")
-        await asyncio.sleep(0.3)  # the last subscription writes
+        await settled(client, meter, timeout=300)
         work = await meter.stop()
-        await callgrind_control("-d", str(redis_server.pid))
-        await callgrind_control("-i", "off", str(redis_server.pid))
-        total = instructions(workdir)
+        await callgrind_control("-d", pid)
+        await callgrind_control("-i", "off", pid)
+        total = instructions(Path(server.dir))
         scripts = work.calls.get("evalsha", 0) / n
         return {"instructions": total / n, "commands": work.commands_per(n), "scripts": scripts}
     finally:
@@ -122,9 +91,7 @@ async def run(n: int, subs: int, concurrency: int) -> dict[str, float]:
         await session.close()
         await receiver.close()
         await client.aclose()
-        redis_server.terminate()
-        redis_server.wait(timeout=60)
-        shutil.rmtree(workdir, ignore_errors=True)
+        server.cleanup()
 
 
 def main() -> None:

@@ -28,6 +28,28 @@ from tests.support import Admin, RedisServer
 Pairs = list[tuple[str, str]]  # (delivery id, event id)
 
 
+async def push(client: Redis, ids: list[str], meter: RedisMeter | None = None) -> None:
+    """LPUSH ids to dispatch:pending, a thousand a command, pipelined."""
+    pipe = client.pipeline(transaction=False)
+    for at in range(0, len(ids), 1000):
+        pipe.lpush(PENDING, *ids[at : at + 1000])
+    if meter is not None:
+        meter.own("lpush", len(pipe))
+    await pipe.execute()
+
+
+async def settled(client: Redis, meter: RedisMeter | None = None, timeout: float = 60) -> None:
+    """Wait until nothing is claimed (every outcome recorded), then a moment more."""
+    deadline = time.monotonic() + timeout
+    while await client.llen(PROCESSING) and time.monotonic() < deadline:
+        if meter is not None:
+            meter.own("llen")
+        await asyncio.sleep(0.01)
+    if meter is not None:
+        meter.own("llen")
+    await asyncio.sleep(0.1)  # the subscription updates of the last group commit
+
+
 @dataclass
 class Ctx:
     """Everything a phase needs: the processes, the Redis client, the options."""
@@ -54,24 +76,12 @@ class Ctx:
         return await records.deliveries("127.0.0.1", self.server.port, sub_ids, n)
 
     async def push(self, ids: list[str], meter: RedisMeter | None = None) -> None:
-        """LPUSH ids to dispatch:pending, a thousand a command, pipelined."""
-        pipe = self.client.pipeline(transaction=False)
-        for at in range(0, len(ids), 1000):
-            pipe.lpush(PENDING, *ids[at : at + 1000])
-        if meter is not None:
-            meter.own("lpush", len(pipe))
-        await pipe.execute()
+        """The module's `push` on this run's Redis."""
+        await push(self.client, ids, meter)
 
     async def settled(self, meter: RedisMeter | None = None, timeout: float = 60) -> None:
-        """Wait until nothing is claimed (every outcome recorded), then a moment more."""
-        deadline = time.monotonic() + timeout
-        while await self.client.llen(PROCESSING) and time.monotonic() < deadline:
-            if meter is not None:
-                meter.own("llen")
-            await asyncio.sleep(0.01)
-        if meter is not None:
-            meter.own("llen")
-        await asyncio.sleep(0.1)  # the subscription updates of the last group commit
+        """The module's `settled` on this run's Redis."""
+        await settled(self.client, meter, timeout)
 
     def daemon(self, name: str, **settings: str) -> Daemon:
         env = {"DISPATCH_CONCURRENCY": str(self.args.concurrency), "LOG_LEVEL": "WARNING"}

@@ -86,34 +86,29 @@ local function stored(skey)
   return got
 end
 local out, released, quarantined = {}, {}, false
-local a = 6 + n -- the fields of the first item
-do -- every item's form is known before anything is written: a malformed call changes nothing
-  local at = a
-  for i = 1, n do
-    local form = ARGV[at + 2]
-    if form == 'c' then at = at + 4
-    elseif form == 's' then at = at + 7
-    elseif form == 'g' then at = at + 11 + 3 * tonumber(ARGV[at + 10])
-    else return redis.error_reply('ERR item ' .. i .. ' has no form') end
-  end
+-- where each item's fields start, found before anything is written: a malformed call changes
+-- nothing
+local starts, at = {}, 6 + n
+for i = 1, n do
+  starts[i] = at
+  local form = ARGV[at + 2]
+  if form == 'c' then at = at + 4
+  elseif form == 's' then at = at + 7
+  elseif form == 'g' then at = at + 11 + 3 * tonumber(ARGV[at + 10])
+  else return redis.error_reply('ERR item ' .. i .. ' has no form') end
 end
 
 for i = 1, n do
-  local id = ARGV[5 + i]
+  local id, a = ARGV[5 + i], starts[i]
   local token, record, form = ARGV[a], ARGV[a + 1], ARGV[a + 2]
   local retry, push, quarantine, sub, expected, new = '', '', '', ARGV[a + 3], '^', '='
   local success, ntasks, first_task = false, 0, a
-  if form == 'c' then
-    a = a + 4
-  elseif form == 's' then
+  if form == 's' then
     expected, new, success = ARGV[a + 4], ARGV[a + 5], ARGV[a + 6] == 'S'
-    a = a + 7
-  else -- 'g'
+  elseif form == 'g' then
     retry, push, quarantine, sub = ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
     expected, new, success = ARGV[a + 7], ARGV[a + 8], ARGV[a + 9] == 'S'
-    ntasks = tonumber(ARGV[a + 10])
-    first_task = a + 11
-    a = first_task + 3 * ntasks
+    ntasks, first_task = tonumber(ARGV[a + 10]), a + 11
   end
   local skey = nil
   if sub ~= '' then
