@@ -176,7 +176,7 @@ def _sentinel_client(
     tls = _ssl_options(settings) if settings.redis_tls_enabled else {}
     if tls:
         sentinel_options.update(ssl=True, **tls)
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
         settings.sentinels, sentinel_kwargs=sentinel_options
     )
     options = dict(common)
