@@ -10,12 +10,12 @@ from typing import Any, TypeVar
 import hiredis
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import Connection, SSLConnection
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from cycles_events import logs
 from cycles_events.config import Settings
@@ -127,9 +127,11 @@ def redis_client(settings: Settings, *, blocking: bool = False) -> Redis:
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": settings.redis_connect_timeout_ms / 1000,
         "health_check_interval": 15,
-        # One immediate retry on a fresh connection absorbs connections that died while Redis
-        # restarted; every script is safe to run twice (fenced, or idempotent by its token).
-        "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        # No retry behind our back: a CLAIM whose answer was lost must be asked again as such
+        # (the claimer does), not run anew, which would leave the first batch claimed by nobody
+        # until recovery. redis-py 8 retries a command on a connection error (before 8 it only
+        # reconnected), and checks a pooled connection before it is used.
+        "retry": Retry(NoBackoff(), 0),
         # ids are str in our code; whatever bytes a producer pushed must survive the round trip
         "encoding_errors": "surrogateescape",
     }

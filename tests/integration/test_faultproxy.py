@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -337,7 +338,9 @@ async def test_cut_all_breaks_commands_in_flight_and_new_ones_work(
         await in_flight
     proxy.clear()
     assert await client.get("k") is None
-    with pytest.raises(ConnectionError):  # a reset idle connection fails once, when next used
+    # a reset idle connection fails at most once, when next used: redis-py before 8 finds the
+    # reset only then; 8 checks a pooled connection before it uses it
+    with contextlib.suppress(ConnectionError):
         await idle.ping()
     assert await idle.ping()
 
