@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, NamedTuple
+
+import orjson
 
 from cycles_events import backoff
 from cycles_events.models import (
     Delivery,
     JsonObject,
+    dumps,
     format_instant,
     integer,
     text,
@@ -155,11 +159,39 @@ def merge_subscription(sub: JsonObject, change: SubscriptionChange) -> MergeResu
 
 # The fields a success sets whatever they held: a write of it fits any change to them alone.
 SUCCESS_FIELDS = ("last_triggered_at", "last_success_at", "consecutive_failures")
+# A value OUTCOME can step over without decoding (its `value_end`): a string without escapes, a
+# whole number or null, and then the value's end
+_PLAIN = re.compile(r'(?:"[^"\\]*"|-?[0-9]+|null)(?=[,}])')
 
 
-def success_merges_by_text(raw: str, doc: JsonObject) -> bool:
-    """Whether a success's write may fit a change to SUCCESS_FIELDS alone: each top-level, once."""
-    return all(name in doc and raw.count(f'"{name}":') == 1 for name in SUCCESS_FIELDS)
+def success_parts(raw: str, merged: JsonObject) -> tuple[str, ...] | None:
+    """`raw` cut around SUCCESS_FIELDS' values, `merged`'s in their places (OUTCOME's 'p' item).
+
+    None unless each field is named once, with a plain value, and the pieces joined parse as
+    `merged`: so the cuts are the top-level fields and the rest is the document as read.
+    """
+    cuts: list[tuple[int, int, str]] = []
+    for name in SUCCESS_FIELDS:
+        key = f'"{name}":'
+        at = raw.find(key)
+        if at < 0 or raw.find(key, at + 1) >= 0:
+            return None
+        value = _PLAIN.match(raw, at + len(key))
+        if value is None:
+            return None
+        cuts.append((value.start(), value.end(), name))
+    cuts.sort()
+    pieces: list[str] = []
+    pos = 0
+    for start, end, name in cuts:
+        pieces += (raw[pos:start], dumps(merged[name]))
+        pos = end
+    pieces.append(raw[pos:])
+    try:
+        same = orjson.loads("".join(pieces)) == merged
+    except orjson.JSONDecodeError:
+        return None
+    return tuple(pieces) if same else None
 
 
 class Attempt(NamedTuple):

@@ -79,17 +79,19 @@ class Write(NamedTuple):
     subscription_id: str = ""
     expected: str = ""  # '^': as the previous write of the same subscription leaves it
     new: str = ""  # '=': the same as the previous write of the same subscription
-    merge: str = ""  # 'S': a success, which fits a subscription changed in SUCCESS_FIELDS only
+    # a success's change by parts (lifecycle.success_parts): fits any document of those parts
+    parts: tuple[str, ...] = ()
     tasks: tuple[Task, ...] = ()
 
 
 def outcome_args(w: Write) -> list[str | int]:
     """One write's fields for OUTCOME, in the shortest of its forms that holds them."""
-    if w.retry_at_ms is None and not w.push and not w.quarantine and not w.tasks:
-        if w.subscription_id and w.expected == "^" and w.new == "=" and not w.merge:
+    if w.retry_at_ms is None and not (w.push or w.quarantine or w.tasks) and w.subscription_id:
+        if w.parts:
+            return [w.token, w.record, "p", w.subscription_id, *w.parts]
+        if w.expected == "^" and w.new == "=":
             return [w.token, w.record, "c", w.subscription_id]
-        if w.subscription_id:
-            return [w.token, w.record, "s", w.subscription_id, w.expected, w.new, w.merge]
+        return [w.token, w.record, "s", w.subscription_id, w.expected, w.new]
     args: list[str | int] = [
         w.token,
         w.record,
@@ -100,7 +102,6 @@ def outcome_args(w: Write) -> list[str | int]:
         w.subscription_id,
         w.expected,
         w.new,
-        w.merge,
         len(w.tasks),
     ]
     for t in w.tasks:

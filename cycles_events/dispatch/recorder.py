@@ -17,7 +17,7 @@ from cycles_events.lifecycle import (
     MergeResult,
     SubscriptionChange,
     merge_subscription,
-    success_merges_by_text,
+    success_parts,
 )
 from cycles_events.metaevents import Task, disabled_task, failed_task
 from cycles_events.models import JsonObject, RecordError, dumps, loads_object
@@ -209,7 +209,7 @@ class Recorder:
                 chains[sub_id] = out[-1]
                 continue
             doc: JsonObject | None = None
-            merge = ""
+            raw = UNKNOWN
             if p.without_subscription:
                 pass
             elif before is not None and before.doc is not None:
@@ -221,8 +221,6 @@ class Recorder:
                     doc = dict(parsed) if parsed is not None else loads_object(raw)
                 except RecordError:
                     doc = {} if raw == UNKNOWN else None  # unknown: learn it; unreadable: leave it
-                if o.step is Step.SUCCESS and doc is not None and success_merges_by_text(raw, doc):
-                    merge = "S"  # another success written meanwhile does not conflict with it
             merged: MergeResult | None = None
             if doc is not None:
                 change = SubscriptionChange(
@@ -251,13 +249,19 @@ class Recorder:
             if doc is None:
                 out.append(_Built(p, base._replace(tasks=tasks), tasks=tasks))
                 continue
-            new = dumps(doc)
+            # a success first of its subscription in the write goes by parts: another success
+            # written meanwhile does not send it round again (after an item of the write it
+            # follows that item, applied or not)
+            parts = None
+            if o.step is Step.SUCCESS and before is None and raw != UNKNOWN:
+                parts = success_parts(raw, doc)
+            new = "".join(parts) if parts else dumps(doc)
             same = before is not None and before.new == new
             write = base._replace(
                 subscription_id=sub_id,
                 expected=expected,
                 new="=" if same else new,
-                merge=merge,
+                parts=parts or (),
                 tasks=tasks,
             )
             built = _Built(p, write, doc, new, merged, tasks)

@@ -9,9 +9,16 @@
 --   'g' (general): retry score or '', 'R'/'L' to push on the right/left of pending or '',
 --     quarantine entry or '', subscription id or '', the subscription JSON expected ('^': as the
 --     previous item of the same subscription leaves it), the subscription JSON to write ('=':
---     the same as that item's), 'S' when the write is a success's (see `fits_success`) or '',
---     the number of outbox tasks, then per task: task id, task JSON, created ms;
---   's' (a subscription change alone): subscription id, expected, to write, 'S' or '';
+--     the same as that item's), the number of outbox tasks, then per task: task id, task JSON,
+--     created ms;
+--   's' (a subscription change alone): subscription id, expected, to write;
+--   'p' (a success's change alone, by parts): subscription id, then the document as the daemon
+--     read it cut around the values a success sets, with the new values in their places:
+--     part, value, part, value, part, value, part. It fits any stored document made of the same
+--     parts with plain values (a string without escapes, a whole number or null) between them:
+--     the success sets those values whatever they held, so another instance's success written
+--     meanwhile does not send it round again, and the document written is the stored one with
+--     only those values changed (the daemon checked that the parts cut its top-level fields);
 --   'c' (the same change as the previous item of its subscription): subscription id.
 --   Every argument costs Redis about as much to take in as a short command, so the usual items
 --   (a success after another of its subscription) come in the fewest.
@@ -21,8 +28,6 @@
 -- outbox tasks are written, and only after them is its claim released: 'ok'. A call repeated
 -- after a lost reply finds its claims released and changes nothing.
 --@lib
--- A success sets these whatever they held (lifecycle.SUCCESS_FIELDS).
-local SUCCESS_FIELDS = {'"last_triggered_at":', '"last_success_at":', '"consecutive_failures":'}
 -- Where the plain value that starts at `from` ends (a string without escapes, a whole number
 -- or null), or nil.
 local function value_end(doc, from)
@@ -38,33 +43,23 @@ local function value_end(doc, from)
   local _, to = string.find(doc, '^%-?%d+', from)
   return to
 end
--- Whether a success's write fits a subscription other than the one it was made from: when the
--- two differ in the values of SUCCESS_FIELDS alone, the success sets them, so its document is the
--- merge of either (another instance's success written meanwhile does not make it go round
--- again). Each field must be named once in `expected`, with a plain value in both; found by
--- plain search, not decoded (cjson would change the document's form). The parts of `expected`
--- between the values must start exactly where `current`'s values end.
-local function fits_success(current, expected)
-  if type(current) ~= 'string' or type(expected) ~= 'string' then return false end
-  local cuts = {}
-  for f, name in ipairs(SUCCESS_FIELDS) do
-    local _, e = string.find(expected, name, 1, true)
-    if not e or string.find(expected, name, e + 1, true) then return false end
-    local to = value_end(expected, e + 1)
-    if not to then return false end
-    cuts[f] = {e + 1, to}
-  end
-  table.sort(cuts, function(x, y) return x[1] < y[1] end)
-  local at, pos = 1, 1 -- in expected, in current
-  for _, cut in ipairs(cuts) do
-    local part = string.sub(expected, at, cut[1] - 1)
+-- Whether `current` is made of the parts of a 'p' item (ARGV[at], ARGV[at + 2], ARGV[at + 4],
+-- ARGV[at + 6]) with a plain value between each two: found by plain search, not decoded (cjson
+-- would change the document's form), and no string is made.
+local function fits_parts(current, at)
+  if type(current) ~= 'string' then return false end
+  local pos = 1
+  for k = at, at + 6, 2 do
+    if k > at then
+      local to = value_end(current, pos)
+      if not to then return false end
+      pos = to + 1
+    end
+    local part = ARGV[k]
     if string.find(current, part, pos, true) ~= pos then return false end
-    local to = value_end(current, pos + #part)
-    if not to then return false end
-    pos, at = to + 1, cut[2] + 1
+    pos = pos + #part
   end
-  local rest = string.sub(expected, at)
-  return #current - pos + 1 == #rest and string.find(current, rest, pos, true) == pos
+  return pos == #current + 1
 end
 local n = tonumber(ARGV[5])
 if n == 0 then return {} end
@@ -93,8 +88,9 @@ for i = 1, n do
   starts[i] = at
   local form = ARGV[at + 2]
   if form == 'c' then at = at + 4
-  elseif form == 's' then at = at + 7
-  elseif form == 'g' then at = at + 11 + 3 * tonumber(ARGV[at + 10])
+  elseif form == 's' then at = at + 6
+  elseif form == 'p' then at = at + 11
+  elseif form == 'g' then at = at + 10 + 3 * tonumber(ARGV[at + 9])
   else return redis.error_reply('ERR item ' .. i .. ' has no form') end
 end
 
@@ -102,13 +98,17 @@ for i = 1, n do
   local id, a = ARGV[5 + i], starts[i]
   local token, record, form = ARGV[a], ARGV[a + 1], ARGV[a + 2]
   local retry, push, quarantine, sub, expected, new = '', '', '', ARGV[a + 3], '^', '='
-  local success, ntasks, first_task = false, 0, a
+  local parts, ntasks, first_task = nil, 0, a
   if form == 's' then
-    expected, new, success = ARGV[a + 4], ARGV[a + 5], ARGV[a + 6] == 'S'
+    expected, new = ARGV[a + 4], ARGV[a + 5]
+  elseif form == 'p' then
+    parts = a + 4
+    new = ARGV[a + 4] .. ARGV[a + 5] .. ARGV[a + 6] .. ARGV[a + 7] .. ARGV[a + 8] .. ARGV[a + 9]
+      .. ARGV[a + 10]
   elseif form == 'g' then
     retry, push, quarantine, sub = ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
-    expected, new, success = ARGV[a + 7], ARGV[a + 8], ARGV[a + 9] == 'S'
-    ntasks, first_task = tonumber(ARGV[a + 10]), a + 11
+    expected, new = ARGV[a + 7], ARGV[a + 8]
+    ntasks, first_task = tonumber(ARGV[a + 9]), a + 10
   end
   local skey = nil
   if sub ~= '' then
@@ -139,12 +139,12 @@ for i = 1, n do
   elseif bad then
     out[i] = {'error', 'WRONGTYPE ' .. bad .. ' holds the wrong kind of value'}
   elseif skey then
-    if new and (current[skey] == expected or (success and fits_success(current[skey], expected)))
-    then
-      fits = true
+    if parts then
+      fits = fits_parts(current[skey], parts)
     else
-      out[i] = {'conflict', current[skey]}
+      fits = new ~= nil and current[skey] == expected
     end
+    if not fits then out[i] = {'conflict', current[skey]} end
   else
     fits = true
   end

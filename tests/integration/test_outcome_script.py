@@ -4,12 +4,15 @@ form of an item reads as its write."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from cycles_events import keys
 from cycles_events.connection import RedisState
+from cycles_events.lifecycle import success_parts
 from cycles_events.metaevents import Task
 from cycles_events.store import Store
 from cycles_events.storevalues import Reply, Write, outcome_args
@@ -68,19 +71,35 @@ READ = (
 )
 OURS = READ.replace('"last_success_at":null', '"last_success_at":"2026-12-01T10:00:05.000Z"')
 OURS = OURS.replace("10:00:00.000Z", "10:00:05.000Z")
+PARTS = success_parts(READ, json.loads(OURS))
+
+
+def test_a_success_s_parts_are_the_document_as_read_cut_around_its_values() -> None:
+    assert PARTS == (
+        '{"subscription_id":"sub","status":"ACTIVE","consecutive_failures":',
+        "0",
+        ',"last_triggered_at":',
+        '"2026-12-01T10:00:05.000Z"',
+        ',"last_success_at":',
+        '"2026-12-01T10:00:05.000Z"',
+        ',"metadata":{"k":"v"}}',
+    )
+    assert "".join(PARTS) == OURS
 
 
 async def write_against(
-    redis: Redis, stored: str, *, expected: str = READ, new: str = OURS, merge: str = "S"
+    redis: Redis, stored: str, *, expected: str = READ, new: str = OURS, by_parts: bool = True
 ) -> tuple[Reply, bytes]:
-    """One write, made from `expected` (a success's, from READ, unless told), against a
-    subscription stored as `stored`: its reply and the subscription after it."""
+    """One write, made from `expected` (a success's by parts, from READ, unless told), against
+    a subscription stored as `stored`: its reply and the subscription after it."""
     store = Store(redis, state=RedisState())
     token = await claimed(store, redis, ["d1"])
     await redis.set(keys.subscription("sub"), stored)
+    parts = PARTS if by_parts and PARTS else ()
     write = Write(
-        "d1", token, '{"id": "d1"}', subscription_id="sub", expected=expected, new=new, merge=merge
+        "d1", token, '{"id": "d1"}', subscription_id="sub", expected=expected, new=new, parts=parts
     )
+    assert outcome_args(write)[2] == ("p" if parts else "s")
     (reply,) = await store.record([write], failed_max_len=100)
     return reply, await redis.get(keys.subscription("sub")) or b""
 
@@ -89,7 +108,7 @@ async def test_a_subscription_changed_meanwhile_conflicts_with_its_current_recor
     redis: Redis,
 ) -> None:
     reply, now = await write_against(
-        redis, '{"v": 7}', expected='{"v": 1}', new='{"v": 2}', merge=""
+        redis, '{"v": 7}', expected='{"v": 1}', new='{"v": 2}', by_parts=False
     )
     assert reply.status == "conflict" and reply.current == b'{"v": 7}'
     assert now == b'{"v": 7}'
@@ -121,12 +140,14 @@ async def test_what_a_success_cannot_be_sure_of_conflicts(redis: Redis) -> None:
         "a value after a space": changed.replace(
             '"consecutive_failures":0', '"consecutive_failures": 0'
         ),
+        "more after the end": changed + " ",
+        "a part of the middle longer": changed.replace('"ACTIVE"', '"ACTIVE","x":1'),
     }
     for case, stored in cases.items():
         reply, now = await write_against(redis, stored)
         assert (reply.status, now) == ("conflict", stored.encode()), case
         await redis.flushdb()
-    reply, _ = await write_against(redis, changed, merge="")  # not a success's write
+    reply, _ = await write_against(redis, changed, by_parts=False)  # not a success's write
     assert reply.status == "conflict"
 
 

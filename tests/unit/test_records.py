@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 
-from cycles_events import keys, lifecycle, metaevents
+from cycles_events import lifecycle, metaevents
 from cycles_events.lifecycle import SubscriptionChange, merge_subscription
 from cycles_events.metaevents import Task
 from cycles_events.models import Delivery, RecordError, dumps, payload_problems
@@ -106,22 +105,33 @@ def test_default_threshold_disables_on_the_eleventh_failure() -> None:
     assert [r.disabled for r in results] == [False] * 10 + [True]
 
 
-def test_a_success_merges_by_text_only_when_its_fields_are_named_once_at_the_top() -> None:
-    fields = '"consecutive_failures":0,"last_triggered_at":null,"last_success_at":null'
-    raw = '{"subscription_id":"s",' + fields + "}"
-    assert lifecycle.success_merges_by_text(raw, json.loads(raw))
-    missing = '{"consecutive_failures":0,"last_triggered_at":null}'
-    assert not lifecycle.success_merges_by_text(missing, json.loads(missing))
+def test_a_success_goes_by_parts_only_where_its_fields_are_plain_top_level_values() -> None:
+    fields = '"consecutive_failures":3,"last_triggered_at":null,"last_success_at":"x"'
+    raw = '{"subscription_id":"s",' + fields + ',"retry_policy":{"backoff_multiplier":2.0}}'
+
+    def parts(raw: str) -> tuple[str, ...] | None:
+        merged = json.loads(raw)
+        merged.update(last_triggered_at="T", last_success_at="T", consecutive_failures=0)
+        return lifecycle.success_parts(raw, merged)
+
+    assert parts(raw) == (
+        '{"subscription_id":"s","consecutive_failures":',
+        "0",
+        ',"last_triggered_at":',
+        '"T"',
+        ',"last_success_at":',
+        '"T"',
+        ',"retry_policy":{"backoff_multiplier":2.0}}',
+    )
+    assert parts(raw.replace('"x"', '"x\\u0041"')) is None  # a value with an escape
+    assert parts(raw.replace(":3,", ":3.0,")) is None  # not a whole number
+    assert parts(raw.replace(":3,", ": 3,")) is None  # a space before the value
+    assert parts(raw.replace(',"last_triggered_at":null', "")) is None  # a field missing
     nested = raw[:-1] + ',"metadata":{"last_success_at":1}}'
-    assert not lifecycle.success_merges_by_text(nested, json.loads(nested))
-
-
-def test_outcome_fits_a_success_by_the_fields_the_recorder_checks() -> None:
-    """OUTCOME's Lua names lifecycle.SUCCESS_FIELDS again: the two lists must not drift."""
-    table = re.search(r"local SUCCESS_FIELDS = \{(.*)\}", keys.OUTCOME)
-    assert table is not None
-    named = re.findall(r"'\"(\w+)\":'", table[1])
-    assert tuple(named) == lifecycle.SUCCESS_FIELDS
+    assert parts(nested) is None  # named twice
+    # the top-level field written with a space: the one found is the nested one
+    spaced = nested.replace('"last_success_at":"x"', '"last_success_at" :"x"')
+    assert parts(spaced) is None
 
 
 def test_meta_events_shape() -> None:
@@ -292,16 +302,19 @@ def test_redis_errors_are_described_without_the_address(error: str, said: str) -
 
 
 def test_an_outcome_item_goes_in_the_shortest_form_that_holds_it() -> None:
-    """'c' (chained to the item before), 's' (a subscription change alone), else 'g'."""
+    """'c' (chained to the item before), 'p' (a success by parts), 's' (a subscription change
+    alone), else 'g'."""
     chained = Write("d1", "tok", "{}", subscription_id="s1", expected="^", new="=")
     assert outcome_args(chained) == ["tok", "{}", "c", "s1"]
-    first = chained._replace(expected='{"a":1}', new='{"a":2}', merge="S")
-    assert outcome_args(first) == ["tok", "{}", "s", "s1", '{"a":1}', '{"a":2}', "S"]
-    assert outcome_args(chained._replace(merge="S"))[2] == "s"
+    first = chained._replace(expected='{"a":1}', new='{"a":2}')
+    assert outcome_args(first) == ["tok", "{}", "s", "s1", '{"a":1}', '{"a":2}']
+    parts = ("{", "0", ",", "1", ",", "2", "}")
+    by_parts = first._replace(parts=parts)
+    assert outcome_args(by_parts) == ["tok", "{}", "p", "s1", *parts]
     task = Task("t1", "{}", 7, "system.webhook_delivery_failed")
-    failed = first._replace(tasks=(task,))
-    general = ["tok", "{}", "g", "", "", "", "s1", '{"a":1}', '{"a":2}', "S"]
+    failed = by_parts._replace(tasks=(task,))  # parts go only alone: else the whole documents
+    general = ["tok", "{}", "g", "", "", "", "s1", '{"a":1}', '{"a":2}']
     assert outcome_args(failed) == [*general, 1, "t1", "{}", 7]
     retry = Write("d1", "tok", "{}", retry_at_ms=5)
-    assert outcome_args(retry) == ["tok", "{}", "g", 5, "", "", "", "", "", "", 0]
+    assert outcome_args(retry) == ["tok", "{}", "g", 5, "", "", "", "", "", 0]
     assert outcome_args(Write("d1", "tok"))[2] == "g"  # no subscription: the general form
