@@ -4,8 +4,8 @@
 -- Returns {'ok'}, {'missing'} or {'conflict', current JSON}.
 --@lib
 if not is(KEYS[1], 'string') then return wrongtype_reply(KEYS[1]) end
-local cur = redis.call('GET', KEYS[1])
+local cur = call('GET', KEYS[1])
 if not cur then return {'missing'} end
 if cur ~= ARGV[1] then return {'conflict', cur} end
-redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
 return {'ok'}

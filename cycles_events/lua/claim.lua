@@ -35,7 +35,7 @@ local function answer(ids, dups)
   if #ids > tonumber(ARGV[6]) then return {ids, dups, false, now} end
   local names = {}
   for i, id in ipairs(ids) do names[i] = ARGV[3] .. id end
-  local recs = redis.call('MGET', unpack(names))
+  local recs = call('MGET', unpack(names))
   local events, subs, values = related(recs, 7)
   return {ids, dups, recs, now, events, subs, values}
 end
@@ -64,13 +64,13 @@ local take, seen, dups = {}, {}, 0
 if moved ~= '' then
   local owner = read('HGET', KEYS[4], moved) -- claim_owner's type check
   if owner == nil then return wrongtype_reply(KEYS[4]) end
-  local copies = #redis.call('LPOS', KEYS[2], moved, 'COUNT', 2)
+  local copies = #call('LPOS', KEYS[2], moved, 'COUNT', 2)
   if copies > 1 and owner and owner ~= ORPHAN then
-    redis.call('LREM', KEYS[2], 1, moved) -- the leftmost copy: the one BLMOVE just pushed
+    call('LREM', KEYS[2], 1, moved) -- the leftmost copy: the one BLMOVE just pushed
     dups = 1
   elseif copies > 0 then -- unowned, Java's orphan, or a stale owner of the only listed copy
-    redis.call('ZADD', KEYS[3], arg(now), moved)
-    redis.call('HSET', KEYS[4], moved, ARGV[2])
+    call('ZADD', KEYS[3], arg(now), moved)
+    call('HSET', KEYS[4], moved, ARGV[2])
     take[1] = moved
     seen[moved] = true
   end
@@ -87,7 +87,7 @@ if due then first, last, step = 1, #listed, 1 end -- the earliest due first
 for i = first, last, step do
   local id, owner = listed[i], owners[i]
   local free = not seen[id] and (not owner or owner == ORPHAN)
-  if not free and not seen[id] and not redis.call('LPOS', KEYS[2], id) then
+  if not free and not seen[id] and not call('LPOS', KEYS[2], id) then
     free = true -- the owner of an entry no longer listed is stale
   end
   if free then
@@ -98,7 +98,7 @@ for i = first, last, step do
   end
 end
 if #take > adopted then
-  redis.call('LPUSH', KEYS[2], unpack(take, adopted + 1))
+  call('LPUSH', KEYS[2], unpack(take, adopted + 1))
   local scored, owned, at = {}, {}, arg(now)
   for i = adopted + 1, #take do
     local id = take[i]
@@ -107,13 +107,13 @@ if #take > adopted then
     owned[#owned + 1] = id
     owned[#owned + 1] = ARGV[2]
   end
-  redis.call('ZADD', KEYS[3], unpack(scored))
-  redis.call('HSET', KEYS[4], unpack(owned))
+  call('ZADD', KEYS[3], unpack(scored))
+  call('HSET', KEYS[4], unpack(owned))
 end
 -- only now that every taken id is claimed: remove the batch from where it was
 if due then
-  redis.call('ZREM', KEYS[1], unpack(listed))
+  call('ZREM', KEYS[1], unpack(listed))
 else
-  redis.call('LTRIM', KEYS[1], 0, -#listed - 1)
+  call('LTRIM', KEYS[1], 0, -#listed - 1)
 end
 return answer(take, dups)

@@ -8,16 +8,16 @@
 --@lib
 local bad = wrong(KEYS[1], 'zset', KEYS[2], 'hash', KEYS[3], 'list')
 if bad then return wrongtype_reply(bad) end
-if redis.call('EXISTS', KEYS[5]) == 1 then return {'locked', 0} end
-local n = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+if call('EXISTS', KEYS[5]) == 1 then return {'locked', 0} end
+local n = call('HINCRBY', KEYS[2], ARGV[1], 1)
 if n >= tonumber(ARGV[3]) then
-  redis.call('LPUSH', KEYS[3], ARGV[4])
-  redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[5]) - 1)
-  redis.call('ZREM', KEYS[1], ARGV[1])
-  redis.call('DEL', KEYS[4])
-  redis.call('HDEL', KEYS[2], ARGV[1])
+  call('LPUSH', KEYS[3], ARGV[4])
+  call('LTRIM', KEYS[3], 0, tonumber(ARGV[5]) - 1)
+  call('ZREM', KEYS[1], ARGV[1])
+  call('DEL', KEYS[4])
+  call('HDEL', KEYS[2], ARGV[1])
   return {'dead', n}
 end
 local delay = math.min(tonumber(ARGV[6]), tonumber(ARGV[2]) * 2 ^ math.min(n - 1, 20))
-redis.call('ZADD', KEYS[1], 'XX', now_ms() + delay, ARGV[1])
+call('ZADD', KEYS[1], 'XX', now_ms() + delay, ARGV[1])
 return {'deferred', n}

@@ -7,17 +7,17 @@ local bad = wrong(KEYS[1], 'zset', KEYS[2], 'hash')
 if bad then return wrongtype_reply(bad) end
 if #ARGV < 2 then return 0 end
 local ids = {unpack(ARGV, 2)}
-local owners = redis.call('HMGET', KEYS[2], unpack(ids))
+local owners = call('HMGET', KEYS[2], unpack(ids))
 local now = arg(now_ms())
-local plen = #ARGV[1]
+local prefix = ARGV[1]
 local scored = {}
 for i, id in ipairs(ids) do
   local owner = owners[i]
-  if owner and string.sub(owner, 1, plen) == ARGV[1] then
+  if owner and find(owner, prefix, 1, true) == 1 then -- no string made (string.sub makes one)
     scored[#scored + 1] = now
     scored[#scored + 1] = id
   end
 end
 if #scored == 0 then return 0 end
-redis.call('ZADD', KEYS[1], 'XX', unpack(scored))
+call('ZADD', KEYS[1], 'XX', unpack(scored))
 return #scored / 2

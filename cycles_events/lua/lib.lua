@@ -1,7 +1,10 @@
 -- The helpers every script shares (inlined by keys.py after the script's own header).
+-- Globals as locals: a global is a table lookup at every use, a local a register
+local KEYS, ARGV, call, pcall_ = KEYS, ARGV, redis.call, redis.pcall
+local find, byte, match = string.find, string.byte, string.match
 local ORPHAN = '__orphan__'
 local function now_ms()
-  local t = redis.call('TIME')
+  local t = call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 -- A number as a command argument, formatted once: redis.call formats each number argument
@@ -14,7 +17,7 @@ local kinds = {}
 local function is(key, want)
   local k = kinds[key]
   if k == nil then
-    k = redis.call('TYPE', key)['ok']
+    k = call('TYPE', key)['ok']
     kinds[key] = k
   end
   return k == 'none' or k == want
@@ -33,7 +36,7 @@ end
 -- A read that is its key's type check too (a TYPE call less): the reply, or nil when the key
 -- holds another type (a read fails on nothing else).
 local function read(...)
-  local got = redis.pcall(...)
+  local got = pcall_(...)
   if type(got) == 'table' and got.err then return nil end
   return got
 end
@@ -43,7 +46,7 @@ local EVENT_ID = '"event_id"%s*:%s*"([%w_%-%.:]+)"'
 local SUBSCRIPTION_ID = '"subscription_id"%s*:%s*"([%w_%-%.:]+)"'
 local function named(record, pattern)
   if type(record) ~= 'string' then return nil end
-  return string.match(record, pattern)
+  return match(record, pattern)
 end
 -- What the intake reads next for a few delivery records, in one MGET: {event ids},
 -- {subscription ids}, and the events, subscriptions, secrets and previous secrets, in order.
@@ -62,5 +65,5 @@ local function related(records, at)
   for _, s in ipairs(subs) do names[#names + 1] = ARGV[at + 2] .. s end
   for _, s in ipairs(subs) do names[#names + 1] = ARGV[at + 2] .. s .. ARGV[at + 3] end
   if #names == 0 then return events, subs, {} end
-  return events, subs, redis.call('MGET', unpack(names))
+  return events, subs, call('MGET', unpack(names))
 end

@@ -31,16 +31,16 @@
 -- Where the plain value that starts at `from` ends (a string without escapes, a whole number
 -- or null), or nil.
 local function value_end(doc, from)
-  local c = string.byte(doc, from)
+  local c = byte(doc, from)
   if c == 34 then -- '"'
-    local to = string.find(doc, '"', from + 1, true)
-    local escape = string.find(doc, '\\', from + 1, true)
+    local to = find(doc, '"', from + 1, true)
+    local escape = find(doc, '\\', from + 1, true)
     if escape and to and escape < to then return nil end
     return to
   elseif c == 110 then -- 'n'
-    return string.find(doc, '^null', from) and from + 3 or nil
+    return find(doc, '^null', from) and from + 3 or nil
   end
-  local _, to = string.find(doc, '^%-?%d+', from)
+  local _, to = find(doc, '^%-?%d+', from)
   return to
 end
 -- Whether `current` is made of the parts of a 'p' item (ARGV[at], ARGV[at + 2], ARGV[at + 4],
@@ -56,7 +56,7 @@ local function fits_parts(current, at)
       pos = to + 1
     end
     local part = ARGV[k]
-    if string.find(current, part, pos, true) ~= pos then return false end
+    if find(current, part, pos, true) ~= pos then return false end
     pos = pos + #part
   end
   return pos == #current + 1
@@ -74,7 +74,7 @@ local NOT_STRING = {} -- what `current` holds for a subscription key of another 
 local function stored(skey)
   local got = current[skey]
   if got == nil then
-    got = redis.pcall('GET', skey)
+    got = pcall_('GET', skey)
     if type(got) == 'table' then got = NOT_STRING end -- WRONGTYPE
     current[skey] = got
   end
@@ -151,13 +151,13 @@ for i = 1, n do
   if fits then
     if record ~= '' then
       -- XX: never recreate a record that expired meanwhile; KEEPTTL: the producer's TTL stays
-      redis.call('SET', dprefix .. id, record, 'XX', 'KEEPTTL')
+      call('SET', dprefix .. id, record, 'XX', 'KEEPTTL')
     end
-    if retry ~= '' then redis.call('ZADD', KEYS[5], retry, id) end
-    if push == 'R' then redis.call('RPUSH', KEYS[1], id) end
-    if push == 'L' then redis.call('LPUSH', KEYS[1], id) end
+    if retry ~= '' then call('ZADD', KEYS[5], retry, id) end
+    if push == 'R' then call('RPUSH', KEYS[1], id) end
+    if push == 'L' then call('LPUSH', KEYS[1], id) end
     if quarantine ~= '' then
-      redis.call('LPUSH', KEYS[6], quarantine)
+      call('LPUSH', KEYS[6], quarantine)
       quarantined = true
     end
     if skey then
@@ -165,19 +165,19 @@ for i = 1, n do
       dirty[skey] = true
     end
     for t = first_task, first_task + 3 * (ntasks - 1), 3 do
-      redis.call('SET', tprefix .. ARGV[t], ARGV[t + 1], 'NX')
-      redis.call('ZADD', KEYS[7], 'NX', ARGV[t + 2], ARGV[t])
+      call('SET', tprefix .. ARGV[t], ARGV[t + 1], 'NX')
+      call('ZADD', KEYS[7], 'NX', ARGV[t + 2], ARGV[t])
     end
     -- the claim goes last, after everything it stood for is written
-    redis.call('LREM', KEYS[2], '-1', id) -- a string: see lib's `arg`
+    call('LREM', KEYS[2], '-1', id) -- a string: see lib's `arg`
     released[#released + 1] = id
     out[i] = 'ok'
   end
 end
-for skey, _ in pairs(dirty) do redis.call('SET', skey, current[skey], 'KEEPTTL') end
-if quarantined then redis.call('LTRIM', KEYS[6], 0, tonumber(ARGV[1]) - 1) end
+for skey, _ in pairs(dirty) do call('SET', skey, current[skey], 'KEEPTTL') end
+if quarantined then call('LTRIM', KEYS[6], 0, tonumber(ARGV[1]) - 1) end
 if #released > 0 then
-  redis.call('ZREM', KEYS[3], unpack(released))
-  redis.call('HDEL', KEYS[4], unpack(released))
+  call('ZREM', KEYS[3], unpack(released))
+  call('HDEL', KEYS[4], unpack(released))
 end
 return out

@@ -6,10 +6,10 @@
 local bad = wrong(KEYS[1], 'zset', KEYS[2], 'list')
 if bad then return wrongtype_reply(bad) end
 local now = now_ms()
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local ids = call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 if #ids > 0 then
-  redis.call('LPUSH', KEYS[2], unpack(ids))
-  redis.call('ZREM', KEYS[1], unpack(ids))
+  call('LPUSH', KEYS[2], unpack(ids))
+  call('ZREM', KEYS[1], unpack(ids))
 end
-local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local first = call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {#ids, first[2] or '-1', now}

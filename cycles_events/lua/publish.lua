@@ -12,35 +12,35 @@
 --@lib
 local bad = wrong(KEYS[1], 'string', KEYS[2], 'string', KEYS[3], 'zset', KEYS[4], 'hash')
 if bad then return {'error', 'WRONGTYPE ' .. bad} end
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 'locked' end
-local staged = redis.call('GET', KEYS[2])
+if not call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 'locked' end
+local staged = call('GET', KEYS[2])
 if not staged then -- published meanwhile, or listed without a task: nothing left to save
-  redis.call('ZREM', KEYS[3], ARGV[3])
-  redis.call('HDEL', KEYS[4], ARGV[3])
-  redis.call('DEL', KEYS[1])
+  call('ZREM', KEYS[3], ARGV[3])
+  call('HDEL', KEYS[4], ARGV[3])
+  call('DEL', KEYS[1])
   return 'gone'
 end
 if staged ~= ARGV[4] then
-  redis.call('DEL', KEYS[1])
+  call('DEL', KEYS[1])
   return 'gone'
 end
 local corr = ARGV[9] == '1'
 bad = wrong(KEYS[5], 'string', KEYS[6], 'zset', KEYS[7], 'zset')
 if not bad and corr and not is(KEYS[8], 'set') then bad = KEYS[8] end
 if bad then
-  redis.call('DEL', KEYS[1])
+  call('DEL', KEYS[1])
   return {'error', 'WRONGTYPE ' .. bad}
 end
-redis.call('SET', KEYS[5], ARGV[5], 'EX', ARGV[6])
-redis.call('ZADD', KEYS[6], ARGV[7], ARGV[8])
-redis.call('ZADD', KEYS[7], ARGV[7], ARGV[8])
+call('SET', KEYS[5], ARGV[5], 'EX', ARGV[6])
+call('ZADD', KEYS[6], ARGV[7], ARGV[8])
+call('ZADD', KEYS[7], ARGV[7], ARGV[8])
 if corr then
-  redis.call('SADD', KEYS[8], ARGV[8])
-  redis.call('EXPIRE', KEYS[8], ARGV[6])
+  call('SADD', KEYS[8], ARGV[8])
+  call('EXPIRE', KEYS[8], ARGV[6])
 end
 -- saved: only now is the task removed, and the lock with it
-redis.call('ZREM', KEYS[3], ARGV[3])
-redis.call('DEL', KEYS[2])
-redis.call('HDEL', KEYS[4], ARGV[3])
-redis.call('DEL', KEYS[1])
+call('ZREM', KEYS[3], ARGV[3])
+call('DEL', KEYS[2])
+call('HDEL', KEYS[4], ARGV[3])
+call('DEL', KEYS[1])
 return 'published'

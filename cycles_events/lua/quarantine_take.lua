@@ -6,7 +6,7 @@
 --@lib
 local bad = wrong(KEYS[1], 'list', KEYS[2], 'list')
 if bad then return wrongtype_reply(bad) end
-local entries = redis.call('LRANGE', KEYS[1], 0, -1)
+local entries = call('LRANGE', KEYS[1], 0, -1)
 local matched = {}
 for _, raw in ipairs(entries) do
   local ok, doc = pcall(cjson.decode, raw)
@@ -14,7 +14,7 @@ for _, raw in ipairs(entries) do
 end
 local count = 0
 for _ in pairs(matched) do count = count + 1 end
-if count > 0 and ARGV[2] == '1' then redis.call('LPUSH', KEYS[2], ARGV[1]) end
+if count > 0 and ARGV[2] == '1' then call('LPUSH', KEYS[2], ARGV[1]) end
 local n = 0
-for raw, _ in pairs(matched) do n = n + redis.call('LREM', KEYS[1], 0, raw) end
+for raw, _ in pairs(matched) do n = n + call('LREM', KEYS[1], 0, raw) end
 return n

@@ -10,16 +10,16 @@
 --@lib
 local bad = wrong(KEYS[1], 'list', KEYS[2], 'list', KEYS[3], 'zset', KEYS[4], 'hash')
 if bad then return wrongtype_reply(bad) end
-local len = redis.call('LLEN', KEYS[2])
+local len = call('LLEN', KEYS[2])
 local start = tonumber(ARGV[2])
 if start >= len then start = 0 end
-local listed = redis.call('LRANGE', KEYS[2], start, start + tonumber(ARGV[3]) - 1)
+local listed = call('LRANGE', KEYS[2], start, start + tonumber(ARGV[3]) - 1)
 local now = now_ms()
 local cutoff = now - tonumber(ARGV[1])
 local back, dated, seen = {}, {}, {}
 if #listed > 0 then
-  local times = redis.call('ZMSCORE', KEYS[3], unpack(listed))
-  local owners = redis.call('HMGET', KEYS[4], unpack(listed))
+  local times = call('ZMSCORE', KEYS[3], unpack(listed))
+  local owners = call('HMGET', KEYS[4], unpack(listed))
   for i, id in ipairs(listed) do
     if not seen[id] then
       seen[id] = true
@@ -36,21 +36,21 @@ if #dated > 0 then
   for _, id in ipairs(dated) do
     scored[#scored + 1] = now
     scored[#scored + 1] = id
-    redis.call('HSETNX', KEYS[4], id, ORPHAN)
+    call('HSETNX', KEYS[4], id, ORPHAN)
   end
-  redis.call('ZADD', KEYS[3], unpack(scored))
+  call('ZADD', KEYS[3], unpack(scored))
 end
 for _, id in ipairs(back) do
-  redis.call('LPUSH', KEYS[1], id)
-  redis.call('LREM', KEYS[2], 1, id)
+  call('LPUSH', KEYS[1], id)
+  call('LREM', KEYS[2], 1, id)
 end
 local clear = {}
 for _, id in ipairs(back) do clear[#clear + 1] = id end
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', '(' .. cutoff, 'LIMIT', 0, 10)) do
-  if not seen[id] and not redis.call('LPOS', KEYS[2], id) then clear[#clear + 1] = id end
+for _, id in ipairs(call('ZRANGEBYSCORE', KEYS[3], '-inf', '(' .. cutoff, 'LIMIT', 0, 10)) do
+  if not seen[id] and not call('LPOS', KEYS[2], id) then clear[#clear + 1] = id end
 end
 if #clear > 0 then
-  redis.call('ZREM', KEYS[3], unpack(clear))
-  redis.call('HDEL', KEYS[4], unpack(clear))
+  call('ZREM', KEYS[3], unpack(clear))
+  call('HDEL', KEYS[4], unpack(clear))
 end
 return {back, #dated, start + #listed - #back, len}

@@ -5,9 +5,9 @@
 --@lib
 local bad = wrong(KEYS[2], 'zset', KEYS[3], 'list')
 if bad then return wrongtype_reply(bad) end
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('SET', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
-redis.call('LPUSH', KEYS[3], ARGV[4])
+if call('EXISTS', KEYS[1]) == 1 then return 0 end
+call('SET', KEYS[1], ARGV[1])
+call('EXPIRE', KEYS[1], ARGV[2])
+call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+call('LPUSH', KEYS[3], ARGV[4])
 return 1

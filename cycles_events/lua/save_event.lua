@@ -6,11 +6,11 @@
 local bad = wrong(KEYS[1], 'string', KEYS[2], 'zset', KEYS[3], 'zset')
 if not bad and ARGV[5] == '1' and not is(KEYS[4], 'set') then bad = KEYS[4] end
 if bad then return wrongtype_reply(bad) end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+call('ZADD', KEYS[3], ARGV[3], ARGV[4])
 if ARGV[5] == '1' then
-  redis.call('SADD', KEYS[4], ARGV[4])
-  redis.call('EXPIRE', KEYS[4], ARGV[2])
+  call('SADD', KEYS[4], ARGV[4])
+  call('EXPIRE', KEYS[4], ARGV[2])
 end
 return 1
