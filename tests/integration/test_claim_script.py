@@ -18,16 +18,20 @@ from cycles_events.models import Delivery
 from cycles_events.store import CLAIM_READS_RELATED_UP_TO, Store
 
 
-def record(delivery_id: str, event_id: str, sub_id: str) -> str:
+def record(delivery_id: str, event_id: str, sub_id: str, *, compact: bool = False) -> str:
     return json.dumps(
-        {"id": delivery_id, "event_id": event_id, "subscription_id": sub_id, "status": "PENDING"}
+        {"id": delivery_id, "event_id": event_id, "subscription_id": sub_id, "status": "PENDING"},
+        separators=(",", ":") if compact else None,
     )
 
 
-async def test_a_small_claim_reads_the_records_its_deliveries_name(redis: Redis) -> None:
+@pytest.mark.parametrize("compact", [True, False])  # found by plain search, or by the pattern
+async def test_a_small_claim_reads_the_records_its_deliveries_name(
+    redis: Redis, compact: bool
+) -> None:
     store = Store(redis, state=RedisState())
-    await redis.set(keys.delivery("d1"), record("d1", "evt_1", "whsub_a"))
-    await redis.set(keys.delivery("d2"), record("d2", "evt_2", "whsub_a"))
+    await redis.set(keys.delivery("d1"), record("d1", "evt_1", "whsub_a", compact=compact))
+    await redis.set(keys.delivery("d2"), record("d2", "evt_2", "whsub_a", compact=compact))
     await redis.set(keys.event("evt_1"), "E1")
     await redis.set(keys.subscription("whsub_a"), "S")
     await redis.set(keys.secret("whsub_a"), "K")
@@ -56,11 +60,16 @@ async def test_a_bigger_claim_leaves_them_to_the_intake(redis: Redis) -> None:
     assert again.ids == got.ids and again.records is None
 
 
-async def test_ids_a_claim_cannot_read_plainly_are_left_to_the_intake(redis: Redis) -> None:
+@pytest.mark.parametrize("compact", [True, False])
+async def test_ids_a_claim_cannot_read_plainly_are_left_to_the_intake(
+    redis: Redis, compact: bool
+) -> None:
     store = Store(redis, state=RedisState())
     escaped = (
         '{"id": "d1", "event_id": "evt_\\u0031", "subscription_id": "whsub_a", "status": "PENDING"}'
     )
+    if compact:
+        escaped = escaped.replace('": "', '":"')
     await redis.set(keys.delivery("d1"), escaped)
     await redis.lpush(keys.PENDING, "d1")
     assert await store.wait_for_one(1.0) == "d1"
