@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,16 +25,13 @@ from cycles_events.store import Store
 from cycles_events.storevalues import Reply, Write
 from cycles_events.supervise import Faults, Tasks
 
-# A success that comes a few at a time waits up to this long for company (its receipt has
-# happened: only its record waits): in a fleet of four at 512 deliveries/s each, 100 ms instead
-# of 25 took Redis from 37.2-40.2 to 30.6-34.7 us per delivery at 64 in flight and from
-# 34.8-35.2 to 30.3-32.2 at 4,096 (two rounds); 250 ms (and 128 a write) saved commands but not
-# clearly Redis's time, and a longer wait keeps more acked ids for every LREM to pass
-LINGER_S = 0.1
-# Any other outcome (a retry on its way, a failure, a release) and one written again after a
-# conflict waits no longer than this: a retry due soon must not wait for its record
-HURRY_S = 0.025
-# ... unless LINGER_BELOW are queued, before every write: in a 20,000 burst the writes went from
+# Outcomes that come a few at a time wait up to this long for company: in a fleet of four with 16
+# in flight each, 25 ms instead of 10 cut Redis's commands per delivery from 5.54 to 5.16. Not
+# longer: 100 ms took that fleet's Redis from 37-40 to 31-35 us per delivery, but a process killed
+# then holds four times as many answered requests not yet recorded, which are sent again (the
+# chaos run's duplicate sends: 4-5 -> 7-16 of 2,250, over its 0.5% bar)
+LINGER_S = 0.025
+# ... before every write, not only the first of a run: in a 20,000 burst the writes went from
 # about 21 outcomes each to about 64, Redis's CPU per delivery from 27-32 us to 23-26 us and
 # commands from 3.1-3.2 to 2.7 (three interleaved rounds; 128 was no better)
 LINGER_BELOW = 64
@@ -102,8 +98,7 @@ class Recorder:
         self._flusher: asyncio.Task[None] | None = None
         self._known: dict[str, tuple[str, JsonObject | None]] = {}
         self._stalled: set[asyncio.TimerHandle] = set()
-        self._company = asyncio.Event()  # the queue reached LINGER_BELOW, or `_due` moved
-        self._due = math.inf  # loop time by which the queue is written
+        self._company = asyncio.Event()  # the queue reached LINGER_BELOW: stop lingering
 
     def submit(self, outcome: Outcome) -> None:
         """Queue an outcome for its final write."""
@@ -129,13 +124,6 @@ class Recorder:
             self._queue.appendleft(pending)
         else:
             self._queue.append(pending)
-        fresh_success = pending.outcome.step is Step.SUCCESS and not (
-            pending.rounds or pending.stalls
-        )
-        due = asyncio.get_running_loop().time() + (LINGER_S if fresh_success else HURRY_S)
-        if due < self._due:
-            self._due = due
-            self._company.set()
         if len(self._queue) >= LINGER_BELOW:
             self._company.set()
         if self._idle():
@@ -153,18 +141,16 @@ class Recorder:
         return not self.busy
 
     async def _flush(self) -> None:
-        loop = asyncio.get_running_loop()
         while self._queue:
-            # a write costs Redis and us about the same for 1 outcome as for 30: outcomes that
-            # come a few at a time wait a moment for company (a queued outcome holds no worker),
-            # until LINGER_BELOW are queued or the first of them is due
-            while len(self._queue) < LINGER_BELOW and (wait := self._due - loop.time()) > 0:
+            if len(self._queue) < LINGER_BELOW:
+                # a write costs Redis and us about the same for 1 outcome as for 30: outcomes
+                # that come a few at a time wait a moment for company (the receipt has happened
+                # already, and a queued outcome holds no worker), until LINGER_BELOW are queued
                 self._company.clear()
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait):  # no task per wait, unlike wait_for
+                    async with asyncio.timeout(LINGER_S):  # no task per wait, unlike wait_for
                         await self._company.wait()
             batch = [self._queue.popleft() for _ in range(min(RECORDING_BATCH, len(self._queue)))]
-            self._due = loop.time() if self._queue else math.inf  # what is left waited already
             await self._write(batch)
 
     async def _write(self, batch: list[_Pending]) -> None:
