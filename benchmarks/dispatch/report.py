@@ -118,8 +118,9 @@ against the better of two ceilings.
 `make bench-instructions` (`python -m benchmarks.dispatch.instructions`, `--runs N`, `--n N`)
 counts Redis's instructions per delivery in a 3,000-delivery burst with redis-server under
 callgrind (it installs valgrind when missing): the figure moves by 2-5% from run to run (three
-runs: 69.7-71.0k at 39aca99, 83.3-87.3k at d97d498) where CPU time on this machine moves by a
-third, so it is the one to compare commits by.
+runs each in one hour: 73.6-76.8k at 122faad, 70.5-73.1k at 1568a3f; 69.7-71.0k at 39aca99 on
+another day) where CPU time on this machine moves by a third, so it is the one to compare
+commits by.
 
 Processes: one redis-server, one aiohttp receiver (`benchmarks/dispatch/receiver.py`), the raw
 loop (`benchmarks/dispatch/raw.py`: a bare `aiohttp.ClientSession` sending the request the daemon
