@@ -13,7 +13,6 @@ CLAIM_BATCH = 64
 # name) whatever its size: claims of 32 rather than 16 took a fleet of four at 16 in flight each
 # from 36.7-42.7 to 33.6-35.9 us of Redis per delivery, 5.15 to 4.77 commands (two rounds)
 CLAIM_LOW_WATER = 32
-RECORDING_BATCH = 256  # the most outcomes one final write takes (the recorder's batch)
 
 
 @dataclass(slots=True)
@@ -48,9 +47,7 @@ class Counts:
 
     def room(self) -> int:
         """How many ids a claim may take now."""
-        # (a write takes up to RECORDING_BATCH: a small process lingering for company must not
-        # stop claiming before it has enough)
-        if self.outage or self.recording >= max(4 * self.concurrency, RECORDING_BATCH):
+        if self.outage or self.recording >= 4 * self.concurrency:
             return 0
         if self.stalled >= self.concurrency:
             return 0
