@@ -159,6 +159,7 @@ def merge_subscription(sub: JsonObject, change: SubscriptionChange) -> MergeResu
 
 # The fields a success sets whatever they held: a write of it fits any change to them alone.
 SUCCESS_FIELDS = ("last_triggered_at", "last_success_at", "consecutive_failures")
+_SUCCESS_KEYS = tuple((name, f'"{name}":') for name in SUCCESS_FIELDS)
 # A value OUTCOME can step over without decoding (its `value_end`): a string without escapes, a
 # whole number or null, and then the value's end
 _PLAIN = re.compile(r'(?:"[^"\\]*"|-?[0-9]+|null)(?=[,}])')
@@ -171,8 +172,7 @@ def success_parts(raw: str, merged: JsonObject) -> tuple[str, ...] | None:
     `merged`: so the cuts are the top-level fields and the rest is the document as read.
     """
     cuts: list[tuple[int, int, str]] = []
-    for name in SUCCESS_FIELDS:
-        key = f'"{name}":'
+    for name, key in _SUCCESS_KEYS:
         at = raw.find(key)
         if at < 0 or raw.find(key, at + 1) >= 0:
             return None
@@ -187,7 +187,7 @@ def success_parts(raw: str, merged: JsonObject) -> tuple[str, ...] | None:
         pieces += (raw[pos:start], dumps(merged[name]))
         pos = end
     pieces.append(raw[pos:])
-    try:
+    try:  # orjson alone: loads_object would read every subscription's floats twice
         same = orjson.loads("".join(pieces)) == merged
     except orjson.JSONDecodeError:
         return None

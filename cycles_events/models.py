@@ -200,9 +200,10 @@ def _plain(value: Any) -> bool:
 
 def dumps(obj: Any) -> str:
     """Compact JSON as the Java services write it (UTF-8, no spaces, field order kept)."""
-    if type(obj) is dict and (
-        all(type(v) in _EXACT for v in obj.values()) or _plain(obj)  # the flat case first
-    ):
+    kind = type(obj)
+    if kind in _EXACT or (
+        kind is dict and (all(type(v) in _EXACT for v in obj.values()) or _plain(obj))
+    ):  # a value alone, then the flat case first
         try:
             return orjson.dumps(obj).decode()
         except orjson.JSONEncodeError:  # an integer past 64 bits, a lone surrogate

@@ -229,6 +229,16 @@ def test_flat_records_are_written_byte_for_byte_as_before(doc: dict[str, Any]) -
     assert dumps(doc) == expected
 
 
+@FAST
+@given(st.none() | st.booleans() | st.integers() | st.text())
+def test_a_value_alone_is_written_byte_for_byte_as_before(value: Any) -> None:
+    try:
+        expected = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    except ValueError:
+        return
+    assert dumps(value) == expected
+
+
 nested_records = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text() | st.floats(allow_nan=True),
     lambda inner: (
