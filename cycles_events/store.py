@@ -63,11 +63,19 @@ class Store(RedisIO):
         return seconds * 1000 + micros // 1000, (before + time.monotonic()) / 2
 
     async def claim(
-        self, limit: int, token: str, *, due: bool = False, again: bool = False, moved: str = ""
+        self,
+        limit: int,
+        token: str,
+        *,
+        due: bool = False,
+        again: bool = False,
+        moved: str = "",
+        read_up_to: int = 0,
     ) -> Claimed:
         """Claim up to `limit` ids of pending (or due retries), first the id `wait_for_one`
-        moved, if any, with their records when they are few; `again` (the same token after a
-        lost reply) answers what that call claimed instead of taking more."""
+        moved, if any, with their records and what those name when at most `read_up_to` came;
+        `again` (the same token after a lost reply) answers what that call claimed instead of
+        taking more."""
         ids, dups, records, now, *rel = await self._run(
             self._claim(
                 keys=[
@@ -82,7 +90,7 @@ class Store(RedisIO):
                     keys.DELIVERY_PREFIX,
                     "again" if again else "",
                     "due" if due else "pending",
-                    CLAIM_READS_RELATED_UP_TO,
+                    read_up_to,
                     *keys.RELATED_PREFIXES,
                     moved,
                 ],

@@ -94,7 +94,9 @@ class Claimer:
         again = self._lane_unanswered is not None
         token = self._lane_unanswered or self._token()
         self._lane_unanswered = token
-        claimed = await self._store.claim(room, token, due=True, again=again)
+        claimed = await self._store.claim(
+            room, token, due=True, again=again, read_up_to=self._read_up_to()
+        )
         self._lane_unanswered = None
         if claimed.duplicates:
             self._metrics.dropped.labels("duplicate_claim").inc(claimed.duplicates)
@@ -155,7 +157,9 @@ class Claimer:
         token = self._unanswered or self._token()
         self._unanswered = token
         moved = self._unadopted or ""
-        claimed = await self._store.claim(limit, token, again=again, moved=moved)
+        claimed = await self._store.claim(
+            limit, token, again=again, moved=moved, read_up_to=self._read_up_to()
+        )
         self._unanswered = self._unadopted = None
         # answered: Redis is there and we take work (ready now, not after the blocking wait)
         self.consuming = True
@@ -165,6 +169,15 @@ class Claimer:
         # finds more, for less than a wait and the claim after it.
         self._drained = len(claimed.ids) + claimed.duplicates <= bool(moved)
         return claimed, token
+
+    def _read_up_to(self) -> int:
+        """The most ids a claim takes with their records and what those name, in its own step."""
+        # Fewer than the least room worth a claim came in: they trickled in, and the read saves
+        # them the intake's two round trips through a busy loop (paced at 4,000/s, claims of
+        # 9-31 ids went from 6-17 to 2-6 ms of p99 from claim to request when read so). A
+        # claim of a backlog (bursts, the fleet) leaves it to the intake's MGETs, which cost
+        # Redis a fraction of the script's reads (see claim.lua).
+        return self._counts.low_water - 1
 
     def _accept(self, claimed: Claimed, token: str) -> None:
         if not self.accepting:  # stopped meanwhile: the batch goes back to the front of pending
