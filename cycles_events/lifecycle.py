@@ -187,7 +187,9 @@ def success_parts(raw: str, merged: JsonObject) -> tuple[str, ...] | None:
         pieces += (raw[pos:start], dumps(merged[name]))
         pos = end
     pieces.append(raw[pos:])
-    try:  # orjson alone: loads_object would read every subscription's floats twice
+    # orjson alone: an integer past 64 bits it reads as a float compares unequal (then the whole
+    # document is sent), so loads_object's walk would add nothing
+    try:
         same = orjson.loads("".join(pieces)) == merged
     except orjson.JSONDecodeError:
         return None

@@ -170,16 +170,26 @@ def _second_text(seconds: int) -> str:
 _EXACT = frozenset({str, int, bool, type(None)})
 
 
-def _floatless(value: Any) -> bool:
-    """Whether a value orjson read holds no float at any depth (so it read it exactly)."""
+# orjson reads an integer past 64 bits as a float (of at least this size); a decimal literal it
+# reads as the standard library does (two million random doubles and decimal strings compared)
+_INT_AS_FLOAT = 2.0**63
+
+
+def _exact(value: Any) -> bool:
+    """Whether a value orjson read holds no float at any depth that may have been an integer."""
     # a walk of its own, not _plain's with a flag: that one (keys and floats checked too) made
-    # reading an event 2.8 -> 4.5 us, on every delivery
-    kind = type(value)
-    if kind is dict:
-        return all(type(v) in _EXACT or _floatless(v) for v in value.values())
-    if kind is list:
-        return all(type(v) in _EXACT or _floatless(v) for v in value)
-    return kind is not float
+    # reading an event 2.8 -> 4.5 us, on every delivery; a loop, not all() of a generator: a
+    # subscription 2.2 -> 0.7 us
+    for v in value.values() if type(value) is dict else value:
+        kind = type(v)
+        if kind in _EXACT:
+            continue
+        if kind is float:
+            if not -_INT_AS_FLOAT < v < _INT_AS_FLOAT:
+                return False
+        elif not _exact(v):  # a dict or a list: all orjson makes besides
+            return False
+    return True
 
 
 def _plain(value: Any) -> bool:
@@ -220,7 +230,7 @@ def loads_object(raw: bytes | str) -> JsonObject:
     except orjson.JSONDecodeError:
         pass
     else:
-        if type(value) is dict and _floatless(value):
+        if type(value) is dict and _exact(value):
             return value
     try:
         value = json.loads(raw)

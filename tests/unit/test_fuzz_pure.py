@@ -9,6 +9,7 @@ import re
 import socket
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -210,6 +211,20 @@ def test_records_parse_and_write_back_exactly_as_the_standard_library(doc: dict[
     assert parsed == json.loads(raw)
     assert repr(parsed) == repr(json.loads(raw))  # the same types at every depth: 1 is not 1.0
     assert json.loads(dumps(parsed)) == parsed
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"retry_policy": {"backoff_multiplier": 2.0, "max_retries": 5}, "jitter": 0.1}',
+        b'{"a": 1.5, "b": [18446744073709551616]}',  # a float beside an integer past 64 bits
+        b'{"a": [{"b": -9223372036854775809}], "c": 0.5}',
+        b'{"a": 1e19, "b": -0.0, "c": 18446744073709551615}',  # a float literal that big: either
+    ],
+)
+def test_floats_are_read_as_the_standard_library_reads_them(raw: bytes) -> None:
+    # orjson reads an integer past 64 bits as a float: a record with one is read again
+    assert repr(loads_object(raw)) == repr(json.loads(raw))
 
 
 flat_records = st.dictionaries(
