@@ -91,9 +91,11 @@ class Intake:
         self._counts.loading += len(ids)
         if records is None:
             self._tasks.spawn(self._load(list(ids), token), "intake")
-        else:
-            # at hand: a task would cost the batch a turn of a busy loop before it is sent
-            self._intake(list(ids), token, records, related)
+            return
+        # at hand: a task would cost the batch a turn of a busy loop before it is sent
+        unread = self._intake(list(ids), token, records, related)
+        if unread:
+            self._tasks.spawn(self._load_related(unread, token), "intake")
 
     def reload(self, job: Job) -> None:
         """Load a delivery again: it waited at the gate long enough for its records to change."""
@@ -106,7 +108,9 @@ class Intake:
             self._failed(ids, token, exc)
             self._loaded(len(ids))
             return
-        self._intake(ids, token, raws, None)
+        unread = self._intake(ids, token, raws, None)
+        if unread:  # read in this task: a task of its own would start a turn of the loop later
+            await self._load_related(unread, token)
 
     def _intake(
         self,
@@ -114,8 +118,8 @@ class Intake:
         token: str,
         raws: Sequence[bytes | None],
         read: Related | None,
-    ) -> None:
-        """Screen a batch; prepare it now if the claim read what it names, else after a read."""
+    ) -> list[Delivery]:
+        """Screen a batch and prepare it if the claim read what it names; what is left to read."""
         pending = set(ids)  # not handed on yet (to the gate, the recorder or a read)
         reading = 0
         try:
@@ -131,16 +135,16 @@ class Intake:
                     screened.append(d)
                     pending.add(delivery_id)
             if screened and (read is None or not covers(read, screened)):
-                self._tasks.spawn(self._load_related(screened, token), "intake")
                 reading = len(screened)  # loading until their read ends
                 pending.clear()
-                return
+                return screened
             if read is not None:
                 self._prepare_all(screened, token, read, pending)
         except Exception as exc:  # what it had not handed on is retried
             self._failed(list(pending), token, exc)
         finally:
             self._loaded(len(ids) - reading)
+        return []
 
     async def _load_related(self, screened: list[Delivery], token: str) -> None:
         pending = {d.delivery_id for d in screened}
