@@ -179,7 +179,7 @@ def _exact(value: Any) -> bool:
     """Whether a value orjson read holds no float at any depth that may have been an integer."""
     # a walk of its own, not _plain's with a flag: that one (keys and floats checked too) made
     # reading an event 2.8 -> 4.5 us, on every delivery; a loop, not all() of a generator: a
-    # subscription 2.2 -> 0.7 us
+    # subscription 2.2 -> 1.1 us
     for v in value.values() if type(value) is dict else value:
         kind = type(v)
         if kind in _EXACT:
