@@ -18,6 +18,7 @@ from cycles_events.dispatch.claimer import Claimer
 from cycles_events.dispatch.counts import Counts
 from cycles_events.dispatch.gate import Gate
 from cycles_events.dispatch.intake import covers
+from cycles_events.dispatch.outcomes import Outcome
 from cycles_events.keys import ORPHAN
 from cycles_events.metrics import Metrics
 from cycles_events.models import Delivery
@@ -47,6 +48,7 @@ async def test_the_claimer_reads_in_its_claim_what_trickled_in_and_not_a_backlog
     await redis.lpush(keys.PENDING, *ids)
     counts = Counts(64)  # the least room worth a claim: 32
     taken: list[tuple[list[str], Related | None]] = []
+    outcomes: list[Outcome] = []  # none: every id goes to the intake
 
     def to_intake(
         got: Sequence[str],
@@ -61,17 +63,21 @@ async def test_the_claimer_reads_in_its_claim_what_trickled_in_and_not_a_backlog
         store=Store(redis, state=RedisState()),
         counts=counts,
         gate=Gate(
-            counts=counts, per_subscription=8, clock=lambda: 0, to_record=print, reload=print
+            counts=counts,
+            per_subscription=8,
+            clock=lambda: 0,
+            to_record=outcomes.append,
+            reload=lambda _job: None,
         ),
         metrics=Metrics(tenant_tag=False),
         faults=Faults(),
         pending_timeout_s=1.0,
         to_intake=to_intake,
-        to_record=print,
+        to_record=outcomes.append,
     )
     await asyncio.wait_for(claimer.run(), 10)
     [(got, read)] = taken
-    assert got == ids
+    assert got == ids and not outcomes
     assert (read is not None) is reads
 
 
