@@ -70,7 +70,7 @@ class Store(RedisIO):
         due: bool = False,
         again: bool = False,
         moved: str = "",
-        read_up_to: int = 0,
+        read_up_to: int,
     ) -> Claimed:
         """Claim up to `limit` ids of pending (or due retries), first the id `wait_for_one`
         moved, if any, with their records and what those name when at most `read_up_to` came;

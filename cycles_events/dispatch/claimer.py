@@ -175,8 +175,9 @@ class Claimer:
         # Fewer than the least room worth a claim came in: they trickled in, and the read saves
         # them the intake's two round trips through a busy loop (paced at 4,000/s, claims of
         # 9-31 ids went from 6-17 to 2-6 ms of p99 from claim to request when read so). A
-        # claim of a backlog (bursts, the fleet) leaves it to the intake's MGETs, which cost
-        # Redis a fraction of the script's reads (see claim.lua).
+        # pending backlog is claimed in claims at least that big (bursts, the fleet), which
+        # leave it to the intake's MGETs, a fraction of the script's reads for Redis (see
+        # claim.lua); the retry lane's claims, bounded by its share, may read in the step.
         return self._counts.low_water - 1
 
     def _accept(self, claimed: Claimed, token: str) -> None:

@@ -92,7 +92,8 @@ class Intake:
         if records is None:
             self._tasks.spawn(self._load(list(ids), token), "intake")
             return
-        # at hand: a task would cost the batch a turn of a busy loop before it is sent
+        # at hand: screened (and prepared, when the claim read what they name) now, since a task
+        # would cost the batch a turn of a busy loop; only a read still missing takes one
         unread = self._intake(list(ids), token, records, related)
         if unread:
             self._tasks.spawn(self._load_related(unread, token), "intake")

@@ -47,7 +47,8 @@ SECURITY = {
 NO_RETRY = {"max_retries": 0, "initial_delay_ms": 100, "backoff_multiplier": 1.0}
 QUICK_RETRY = {"max_retries": 3, "initial_delay_ms": 100, "backoff_multiplier": 1.0}
 # Grafana's built-in intervals, as wide as the test so that every rate has its samples (with a
-# minute, a slow CI run once read the attempt failure ratio as 0 / 0: no attempt rose in it).
+# minute, a slow CI run once read the attempt failure ratio as 0 / 0, most likely because no
+# attempt had risen within the last minute when the panels were queried).
 BUILTINS = {"__rate_interval": "5m", "__interval": "1s", "__range": "5m"}
 FIRING = {
     "CyclesWebhookAutoDisabled",

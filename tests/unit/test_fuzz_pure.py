@@ -219,7 +219,8 @@ def test_records_parse_and_write_back_exactly_as_the_standard_library(doc: dict[
         b'{"retry_policy": {"backoff_multiplier": 2.0, "max_retries": 5}, "jitter": 0.1}',
         b'{"a": 1.5, "b": [18446744073709551616]}',  # a float beside an integer past 64 bits
         b'{"a": [{"b": -9223372036854775809}], "c": 0.5}',
-        b'{"a": 1e19, "b": -0.0, "c": 18446744073709551615}',  # a float literal that big: either
+        # a float literal as big as those: read again, to the same values
+        b'{"a": 1e19, "b": -0.0, "c": 18446744073709551615}',
     ],
 )
 def test_floats_are_read_as_the_standard_library_reads_them(raw: bytes) -> None:
